@@ -1,0 +1,1091 @@
+"""Campaign detection: groups of API keys that jointly look like distillation.
+
+Large distillation campaigns spread their traffic over many keys and accounts, each at ordinary
+volume, and rotate the keys every hour or two, so no single key crosses a per-key threshold. The
+per-key engine (:mod:`models.engine`) emits *member snapshots*, at most one per key evaluation;
+:class:`CampaignDetector` re-keys them by every grouping attribute the snapshot carries (account,
+client network prefix, ASN, prompt-template family, user agent) and judges each group by what its
+members *do*, never by its size:
+
+* how many members, and what share of them (a one-sided Wilson lower bound, so two keys out of
+  three is not "67 %"), look distillation-like on their own features, even weakly;
+* evidence that only exists across keys: the same template families used by different keys,
+  reasoning domains swept jointly (one key does math, another code), bursts of new keys, short
+  key lifetimes (rotation);
+* analyst verdicts from a :class:`~models.feedback.FeedbackBook`, for the group and for each key.
+
+A carrier NAT with thousands of ordinary users has a tiny implicated share, so it does not fire
+however many keys it holds; user-agent groups (SDK defaults are shared by everyone) are weak
+evidence and need a higher score. State is bounded: at most ``max_groups`` groups (least recently
+seen evicted), ``max_members_per_group`` members per group and ``max_keys`` key summaries, with
+eviction counters in :meth:`CampaignDetector.stats`.
+
+The detector is a pure state machine in event time: :meth:`CampaignDetector.observe` for each
+snapshot, :meth:`CampaignDetector.advance` for housekeeping (expiry, resolving quiet episodes).
+Both return Alert v1 dicts with ``detected_at = 0.0`` for the driver to stamp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+from models.feedback import FeedbackBook
+
+__all__ = [
+    "CAMPAIGN_MODEL_VERSION",
+    "CAMPAIGN_STATE_VERSION",
+    "GROUP_TYPES",
+    "CampaignConfig",
+    "CampaignDetector",
+    "campaign_alert_id",
+    "member_suspicion",
+]
+
+#: ``model_version`` stamped on campaign alerts.
+CAMPAIGN_MODEL_VERSION = "campaign-1"
+#: Version of the bytes written by :meth:`CampaignDetector.export_state`.
+CAMPAIGN_STATE_VERSION = 1
+#: Grouping attributes, in the order groups are evaluated (the Alert v1 ``entity_type``).
+GROUP_TYPES = ("account", "client_net", "asn", "template", "user_agent")
+
+_HIGH_VALUE_DOMAINS = ("reasoning", "code", "math", "science")
+
+
+def campaign_alert_id(entity_type: str, entity: str, episode_seq: int) -> str:
+    """Deterministic id of one campaign episode (32 hex characters).
+
+    Examples
+    --------
+    >>> campaign_alert_id("template", "b2:9f3a", 1) == campaign_alert_id("template", "b2:9f3a", 1)
+    True
+    >>> len(campaign_alert_id("asn", "64500", 3))
+    32
+    """
+    return hashlib.blake2b(
+        f"{entity_type}|{entity}|campaign|{episode_seq}".encode("utf-8"), digest_size=16
+    ).hexdigest()
+
+
+# --- member features ---------------------------------------------------------------------
+#
+# The engine's feature names may evolve; each indicator lists the names it accepts, first found
+# wins. A missing feature is simply left out of the mean (degrade, never crash).
+
+_FEATURE_ALIASES: dict[str, tuple[str, ...]] = {
+    "cot": ("cot_share", "cot_request_share"),
+    "single_turn": ("single_turn_share",),
+    "template": ("template_share", "template_rate", "near_dup_rate"),
+    "sampling": ("sampling_share", "logprobs_share"),
+    "output": ("output_ratio",),  # already 0..1 in the engine's direction features
+    "ratio": ("completion_prompt_ratio",),  # plain completion/prompt ratio
+    "breadth": ("capability_breadth", "topic_coverage"),
+    "high_value": ("capability_share", "high_value_share"),
+}
+_DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
+    d: (f"{d}_share", f"topic_{d}_share", f"share_{d}", f"topic_{d}") for d in _HIGH_VALUE_DOMAINS
+}
+
+
+def _finite(v: Any) -> float | None:
+    if type(v) in (int, float) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _pick(features: Mapping[str, Any], names: tuple[str, ...]) -> float | None:
+    for n in names:
+        v = _finite(features.get(n))
+        if v is not None:
+            return v
+    return None
+
+
+def _clip01(x: float) -> float:
+    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+
+def domain_shares(features: Mapping[str, Any]) -> tuple[float, float, float, float]:
+    """Shares of the four high-value domains (reasoning, code, math, science); 0 when missing."""
+    out = []
+    for d in _HIGH_VALUE_DOMAINS:
+        v = _pick(features, _DOMAIN_ALIASES[d])
+        out.append(_clip01(v) if v is not None else 0.0)
+    return (out[0], out[1], out[2], out[3])
+
+
+def member_suspicion(score: float, features: Mapping[str, Any]) -> float:
+    """How distillation-like one key looks on its own, 0..1, in the scraping direction only.
+
+    A blend of the engine's per-key score and the mean of the directional indicators present:
+    chain-of-thought share, high-value domain share, single-turn share, templated prompts,
+    logprobs / n > 1 sampling, long completions for short prompts. Every indicator only raises
+    suspicion when it moves toward scraping; a missing one is left out.
+
+    Examples
+    --------
+    >>> member_suspicion(0.1, {})
+    0.1
+    >>> member_suspicion(0.2, {"cot_share": 0.9, "single_turn_share": 1.0, "reasoning_share": 0.5,
+    ...                        "math_share": 0.4}) > member_suspicion(0.2, {"cot_share": 0.0})
+    True
+    """
+    s = _clip01(_finite(score) or 0.0)
+    core: list[float] = []  # the tells every harvest shows
+    cot = _pick(features, _FEATURE_ALIASES["cot"])
+    if cot is not None:
+        core.append(_clip01(cot / 0.6))
+    hv = _pick(features, _FEATURE_ALIASES["high_value"])
+    if hv is None and any(_pick(features, _DOMAIN_ALIASES[d]) is not None for d in _HIGH_VALUE_DOMAINS):
+        hv = sum(domain_shares(features))
+    if hv is not None:
+        core.append(_clip01((hv - 0.3) / 0.5))
+    st = _pick(features, _FEATURE_ALIASES["single_turn"])
+    if st is not None:
+        core.append(_clip01((st - 0.5) / 0.45))
+    out = _pick(features, _FEATURE_ALIASES["output"])
+    if out is None:
+        ratio = _pick(features, _FEATURE_ALIASES["ratio"])
+        if ratio is not None:
+            # completions 8x longer than prompts (log2 ratio 3) count as fully suspicious
+            out = math.log2(max(ratio, 1e-6)) / 3.0
+    if out is not None:
+        core.append(_clip01(out))
+    # tells that only add: many harvesters never template or sample, and their absence is
+    # no evidence of innocence (averaging a 0 in would hide them)
+    bonus = 0.0
+    tm = _pick(features, _FEATURE_ALIASES["template"])
+    if tm is not None:
+        bonus = max(bonus, _clip01(tm / 0.5))
+    sp = _pick(features, _FEATURE_ALIASES["sampling"])
+    if sp is not None:
+        bonus = max(bonus, _clip01(sp / 0.3))
+    if not core:
+        return s
+    f = _clip01(sum(core) / len(core) + 0.25 * bonus * (sum(core) / len(core)))
+    # the engine score can only add: a key it already half-suspects is more implicated
+    return _clip01(max(s, 0.75 * f + 0.25 * s))
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """Hyperparameters of :class:`CampaignDetector`, validated at construction.
+
+    Parameters
+    ----------
+    max_groups
+        Groups held at once over all types; the least recently seen is evicted beyond it.
+    max_members_per_group
+        Member keys remembered per group (least recently seen evicted); ``related_total`` still
+        counts every member seen while the group lives.
+    max_keys
+        Per-key summaries held (least recently seen evicted).
+    member_ttl
+        Seconds of event time after its last snapshot that a key stays a group member.
+    idle_gap
+        Seconds without a snapshot after which a key counts as ended (for lifetimes).
+    eval_interval
+        Minimum event-time seconds between two evaluations of the same group.
+    housekeeping_interval
+        Minimum event-time seconds between two expiry sweeps in :meth:`CampaignDetector.advance`.
+    member_threshold
+        Member suspicion at or above which a key counts as implicated.
+    min_implicated
+        Implicated members a group needs before it can open an episode.
+    min_share
+        Lower confidence bound of the implicated share a group needs (judging by members,
+        not by size).
+    open_score, close_score
+        Group score to open an episode, and below which it counts as quiet (hysteresis).
+    quiet_resolve
+        Event-time seconds an episode must stay quiet before it resolves.
+    refire_interval
+        Minimum event-time seconds between two firing updates of one episode.
+    new_key_window
+        A member first seen within this many seconds counts as new.
+    warmup
+        Seconds after the detector's first snapshot before "new key" evidence counts (at start
+        every key looks new).
+    short_lifetime
+        Keys that ended after living less than this many seconds count as short-lived.
+    type_weights
+        Multiplier of the group score per grouping type (user agents are weak evidence).
+    fp_raise
+        How much a false-positive verdict raises the open score of that entity.
+    max_related
+        Member keys named per alert (Alert v1 allows at most 100).
+    """
+
+    max_groups: int = 50_000
+    max_members_per_group: int = 512
+    max_keys: int = 200_000
+    member_ttl: float = 7200.0
+    idle_gap: float = 1800.0
+    eval_interval: float = 30.0
+    housekeeping_interval: float = 60.0
+    member_threshold: float = 0.5
+    min_implicated: int = 3
+    min_share: float = 0.25
+    open_score: float = 0.55
+    close_score: float = 0.4
+    quiet_resolve: float = 1800.0
+    refire_interval: float = 300.0
+    new_key_window: float = 3600.0
+    warmup: float = 3600.0
+    short_lifetime: float = 3 * 3600.0
+    type_weights: Mapping[str, float] = field(
+        default_factory=lambda: {
+            "account": 1.0,
+            "client_net": 1.0,
+            "asn": 0.9,
+            "template": 1.0,
+            "user_agent": 0.6,
+        }
+    )
+    fp_raise: float = 0.2
+    max_related: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_related > 100:
+            raise ValueError(f"max_related must be <= 100 (Alert v1 bound), got {self.max_related}")
+        for name in (
+            "member_ttl",
+            "idle_gap",
+            "eval_interval",
+            "housekeeping_interval",
+            "quiet_resolve",
+            "refire_interval",
+            "new_key_window",
+            "warmup",
+            "short_lifetime",
+        ):
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
+        for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise"):
+            v = getattr(self, name)
+            if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if self.close_score > self.open_score:
+            raise ValueError(
+                f"close_score ({self.close_score}) must not exceed open_score ({self.open_score})"
+            )
+        unknown = set(self.type_weights) - set(GROUP_TYPES)
+        missing = set(GROUP_TYPES) - set(self.type_weights)
+        if unknown or missing:
+            raise ValueError(
+                f"type_weights must name exactly {', '.join(GROUP_TYPES)} "
+                f"(unknown: {sorted(unknown)}, missing: {sorted(missing)})"
+            )
+        for k, w in self.type_weights.items():
+            if type(w) not in (int, float) or not 0.0 <= w <= 1.0:
+                raise ValueError(f"type_weights[{k!r}] must be in [0, 1], got {w!r}")
+        # frozen, and a private copy: a caller mutating its dict later changes nothing here
+        object.__setattr__(self, "type_weights", dict(self.type_weights))
+
+
+# --- state -------------------------------------------------------------------------------
+
+
+class _Key:
+    """What the detector remembers of one api_key (one copy, shared by all its groups)."""
+
+    __slots__ = (
+        "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "bands", "ended"
+    )
+
+    def __init__(self, first_ts: float, last_ts: float) -> None:
+        self.first_ts = first_ts
+        self.last_ts = last_ts
+        self.events = 0
+        self.score = 0.0
+        self.susp = 0.0
+        self.cot: float | None = None
+        self.breadth: float | None = None
+        self.doms: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+        self.bands: tuple[str, ...] = ()
+        self.ended = False
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.first_ts,
+            self.last_ts,
+            self.events,
+            self.score,
+            self.susp,
+            self.cot,
+            self.breadth,
+            list(self.doms),
+            list(self.bands),
+            self.ended,
+        ]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> "_Key":
+        k = cls(float(v[0]), float(v[1]))
+        k.events = int(v[2])
+        k.score = float(v[3])
+        k.susp = float(v[4])
+        k.cot = None if v[5] is None else float(v[5])
+        k.breadth = None if v[6] is None else float(v[6])
+        d = [float(x) for x in v[7]]
+        k.doms = (d[0], d[1], d[2], d[3])
+        k.bands = tuple(str(b) for b in v[8])
+        k.ended = bool(v[9])
+        return k
+
+
+class _Group:
+    """One grouping value: its members (key -> last seen) and its episode."""
+
+    __slots__ = (
+        "members",
+        "seen_total",
+        "last_ts",
+        "last_eval",
+        "lifetimes",
+        "open",
+        "seq",
+        "opened_ts",
+        "last_fire",
+        "severity",
+        "score",
+        "quiet_since",
+        "named",
+        "bar",
+        "covered_by",
+    )
+
+    def __init__(self) -> None:
+        self.members: OrderedDict[str, float] = OrderedDict()
+        self.seen_total = 0
+        self.last_ts = -math.inf
+        self.last_eval = -math.inf
+        self.lifetimes: list[float] = []  # recent ended-member lifetimes, bounded
+        self.open = False
+        self.seq = 0
+        self.opened_ts = 0.0
+        self.last_fire = -math.inf
+        self.severity = "info"
+        self.score = 0.0
+        self.quiet_since: float | None = None
+        self.named: set[str] = set()
+        self.bar = 0.0  # extra open score demanded after a false-positive verdict
+        self.covered_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "m": [[k, t] for k, t in self.members.items()],
+            "n": self.seen_total,
+            "lt": self.last_ts if math.isfinite(self.last_ts) else None,
+            "le": self.last_eval if math.isfinite(self.last_eval) else None,
+            "life": self.lifetimes,
+            "open": self.open,
+            "seq": self.seq,
+            "ots": self.opened_ts,
+            "lf": self.last_fire if math.isfinite(self.last_fire) else None,
+            "sev": self.severity,
+            "sc": self.score,
+            "qs": self.quiet_since,
+            "named": sorted(self.named),
+            "bar": self.bar,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "_Group":
+        g = cls()
+        g.members = OrderedDict((str(k), float(t)) for k, t in d["m"])
+        g.seen_total = int(d["n"])
+        g.last_ts = -math.inf if d["lt"] is None else float(d["lt"])
+        g.last_eval = -math.inf if d["le"] is None else float(d["le"])
+        g.lifetimes = [float(x) for x in d["life"]]
+        g.open = bool(d["open"])
+        g.seq = int(d["seq"])
+        g.opened_ts = float(d["ots"])
+        g.last_fire = -math.inf if d["lf"] is None else float(d["lf"])
+        g.severity = str(d["sev"])
+        g.score = float(d["sc"])
+        g.quiet_since = None if d["qs"] is None else float(d["qs"])
+        g.named = set(map(str, d["named"]))
+        g.bar = float(d["bar"])
+        return g
+
+
+_SEV_RANK = {"info": 0, "warning": 1, "critical": 2}
+_MAX_LIFETIMES = 32
+_MAX_NAMED = 4096
+_BYTES_PER_KEY = 360
+_BYTES_PER_MEMBER = 120
+_BYTES_PER_GROUP = 600
+
+
+def _wilson_lower(k: int, n: int, z: float = 1.645) -> float:
+    """One-sided lower confidence bound of a proportion k/n."""
+    if n <= 0:
+        return 0.0
+    p = k / n
+    z2 = z * z
+    den = 1.0 + z2 / n
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, (centre - spread) / den)
+
+
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    if n == 0:
+        return 0.0
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def _group_values(groups: Any) -> list[tuple[str, str]]:
+    """(type, value) pairs of a snapshot's ``groups``; bad or missing values are skipped."""
+    out: list[tuple[str, str]] = []
+    if type(groups) is not dict:
+        return out
+    for t in GROUP_TYPES:
+        v = groups.get(t)
+        if v is None:
+            continue
+        if t == "template":
+            if isinstance(v, (list, tuple)):
+                seen: set[str] = set()
+                for b in v[:16]:
+                    if type(b) is str and b and b not in seen:
+                        seen.add(b)
+                        out.append((t, b))
+            elif type(v) is str and v:
+                out.append((t, v))
+            continue
+        if type(v) is int and type(v) is not bool:
+            v = str(v)
+        if type(v) is str and v:
+            out.append((t, v))
+    return out
+
+
+class CampaignDetector:
+    """Group-level distillation detection over per-key member snapshots.
+
+    Parameters
+    ----------
+    config
+        A :class:`CampaignConfig`; defaults when ``None``.
+    feedback
+        A :class:`~models.feedback.FeedbackBook` asked for verdicts on groups and member keys;
+        an empty book when ``None``. The caller may keep applying records to it while the
+        detector runs.
+
+    Examples
+    --------
+    >>> det = CampaignDetector(CampaignConfig(warmup=0.0))
+    >>> out = []
+    >>> for i in range(6):
+    ...     out += det.observe({"api_key": f"k{i}", "ts": 1000.0 + 60 * i, "first_ts": 990.0 + 60 * i,
+    ...                         "events": 30, "score": 0.3,
+    ...                         "features": {"cot_share": 0.9, "reasoning_share": 0.5,
+    ...                                      "math_share": 0.3, "single_turn_share": 1.0},
+    ...                         "groups": {"client_net": "203.0.113.0/24"}})
+    >>> [(a["entity_type"], a["status"], a["related_total"]) for a in out][:1]
+    [('client_net', 'firing', 3)]
+    >>> det.stats()["open_episodes"]
+    1
+    """
+
+    def __init__(self, config: CampaignConfig | None = None, *, feedback: FeedbackBook | None = None) -> None:
+        if config is None:
+            config = CampaignConfig()
+        if not isinstance(config, CampaignConfig):
+            raise TypeError(f"config must be a CampaignConfig, got {type(config).__name__}")
+        self.config = config
+        self.feedback = feedback if feedback is not None else FeedbackBook()
+        self._keys: OrderedDict[str, _Key] = OrderedDict()
+        self._groups: OrderedDict[tuple[str, str], _Group] = OrderedDict()
+        # episode counters survive group eviction so an evicted-and-returning group never
+        # reuses an alert_id (bounded: only groups that ever opened an episode are kept)
+        self._seqs: dict[tuple[str, str], int] = {}
+        self._start_ts: float | None = None
+        self._now = -math.inf
+        self._last_sweep = -math.inf
+        self._evicted = 0
+        self._snapshots = 0
+
+    # --- public API --------------------------------------------------------------------
+
+    def observe(self, snapshot: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Take one member snapshot; return the campaign alerts it causes (maybe none)."""
+        if not isinstance(snapshot, Mapping):
+            return []
+        key = snapshot.get("api_key")
+        ts = _finite(snapshot.get("ts"))
+        if type(key) is not str or not key or ts is None:
+            return []
+        cfg = self.config
+        self._snapshots += 1
+        if self._start_ts is None:
+            self._start_ts = ts
+        if ts > self._now:
+            self._now = ts
+        first_ts = _finite(snapshot.get("first_ts"))
+        if first_ts is None or first_ts > ts:
+            first_ts = ts
+        features = snapshot.get("features")
+        if not isinstance(features, Mapping):
+            features = {}
+        score = _clip01(_finite(snapshot.get("score")) or 0.0)
+
+        k = self._keys.get(key)
+        if k is None:
+            k = _Key(first_ts, ts)
+            self._keys[key] = k
+            if len(self._keys) > cfg.max_keys:
+                self._keys.popitem(last=False)
+                self._evicted += 1
+        else:
+            self._keys.move_to_end(key)
+            k.first_ts = min(k.first_ts, first_ts)
+        k.last_ts = max(k.last_ts, ts)
+        k.ended = False
+        ev = snapshot.get("events")
+        if type(ev) is int and ev >= 0:
+            k.events = max(k.events, ev)
+        else:
+            k.events += 1
+        k.score = score
+        k.susp = member_suspicion(score, features)
+        k.cot = _pick(features, _FEATURE_ALIASES["cot"])
+        k.breadth = _pick(features, _FEATURE_ALIASES["breadth"])
+        k.doms = domain_shares(features)
+        gvals = _group_values(snapshot.get("groups"))
+        k.bands = tuple(v for t, v in gvals if t == "template")[:8]
+
+        alerts: list[dict[str, Any]] = []
+        for gk in gvals:
+            g = self._groups.get(gk)
+            if g is None:
+                g = _Group()
+                self._groups[gk] = g
+                if len(self._groups) > cfg.max_groups:
+                    self._evict_group()
+            else:
+                self._groups.move_to_end(gk)
+            if key in g.members:
+                g.members.move_to_end(key)
+            else:
+                g.seen_total += 1
+                if len(g.members) >= cfg.max_members_per_group:
+                    g.members.popitem(last=False)
+                    self._evicted += 1
+            g.members[key] = ts
+            g.last_ts = max(g.last_ts, ts)
+            if ts - g.last_eval >= cfg.eval_interval:
+                g.last_eval = ts
+                alerts.extend(self._evaluate(gk, g, ts))
+        return alerts
+
+    def advance(self, now_ts: float) -> list[dict[str, Any]]:
+        """Event-time housekeeping: expire members and groups, resolve quiet episodes."""
+        now = _finite(now_ts)
+        if now is None:
+            return []
+        if now > self._now:
+            self._now = now
+        now = self._now
+        cfg = self.config
+        if now - self._last_sweep < cfg.housekeeping_interval:
+            return []
+        self._last_sweep = now
+        alerts: list[dict[str, Any]] = []
+        # keys: mark ended (for lifetimes) and drop long-gone ones
+        ended_keys: list[str] = []
+        for key, k in self._keys.items():  # LRU order: oldest first
+            if now - k.last_ts < cfg.idle_gap:
+                break
+            if not k.ended:
+                k.ended = True
+                ended_keys.append(key)
+        if ended_keys:
+            ended = set(ended_keys)
+            for g in self._groups.values():
+                if not g.members:
+                    continue
+                for m in g.members:
+                    if m in ended:
+                        kk = self._keys[m]
+                        g.lifetimes.append(kk.last_ts - kk.first_ts)
+                        if len(g.lifetimes) > _MAX_LIFETIMES:
+                            del g.lifetimes[0]
+        while self._keys:
+            key, k = next(iter(self._keys.items()))
+            if now - k.last_ts <= cfg.member_ttl:
+                break
+            self._keys.popitem(last=False)
+        # groups: drop expired members, re-evaluate open episodes, drop empty idle groups
+        dead: list[tuple[str, str]] = []
+        for gk, g in self._groups.items():
+            while g.members:
+                m, t = next(iter(g.members.items()))
+                if now - t <= cfg.member_ttl:
+                    break
+                g.members.popitem(last=False)
+            if g.open:
+                alerts.extend(self._evaluate(gk, g, now))
+            if not g.members and not g.open:
+                dead.append(gk)
+        for gk in dead:
+            del self._groups[gk]
+        return alerts
+
+    def stats(self) -> dict[str, int]:
+        """Counts for metrics: groups, members, open episodes, evictions, approximate bytes."""
+        members = sum(len(g.members) for g in self._groups.values())
+        open_eps = sum(1 for g in self._groups.values() if g.open)
+        return {
+            "groups": len(self._groups),
+            "members": members,
+            "open_episodes": open_eps,
+            "evicted_total": self._evicted,
+            "state_bytes": len(self._keys) * _BYTES_PER_KEY
+            + members * _BYTES_PER_MEMBER
+            + len(self._groups) * _BYTES_PER_GROUP,
+        }
+
+    def export_state(self) -> bytes:
+        """Serialise the whole detector state as versioned JSON (no pickle)."""
+        return orjson.dumps(
+            {
+                "version": CAMPAIGN_STATE_VERSION,
+                "model_version": CAMPAIGN_MODEL_VERSION,
+                "config": asdict(self.config),
+                "start_ts": self._start_ts,
+                "now": self._now if math.isfinite(self._now) else None,
+                "last_sweep": self._last_sweep if math.isfinite(self._last_sweep) else None,
+                "evicted": self._evicted,
+                "snapshots": self._snapshots,
+                "keys": [[key, k.to_list()] for key, k in self._keys.items()],
+                "groups": [[t, v, g.to_dict()] for (t, v), g in self._groups.items()],
+                "seqs": [[t, v, s] for (t, v), s in self._seqs.items()],
+            }
+        )
+
+    def import_state(self, blob: bytes) -> None:
+        """Restore what :meth:`export_state` wrote. Raises ``ValueError`` on a foreign or bad blob."""
+        try:
+            obj = orjson.loads(blob)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"campaign state is not valid JSON ({exc})") from None
+        if type(obj) is not dict or obj.get("version") != CAMPAIGN_STATE_VERSION:
+            raise ValueError(
+                f"campaign state version is not {CAMPAIGN_STATE_VERSION}: "
+                "discard it and let the detector rebuild from traffic"
+            )
+        try:
+            keys = OrderedDict((str(key), _Key.from_list(v)) for key, v in obj["keys"])
+            groups = OrderedDict(
+                ((str(t), str(v)), _Group.from_dict(d)) for t, v, d in obj["groups"]
+            )
+            seqs = {(str(t), str(v)): int(s) for t, v, s in obj["seqs"]}
+            start = obj["start_ts"]
+            now = obj["now"]
+            sweep = obj["last_sweep"]
+            evicted = int(obj["evicted"])
+            snaps = int(obj["snapshots"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"campaign state is malformed ({type(exc).__name__}: {exc})") from None
+        for (t, _v) in groups:
+            if t not in GROUP_TYPES:
+                raise ValueError(f"campaign state names an unknown group type {t!r}")
+        self._keys = keys
+        self._groups = groups
+        self._seqs = seqs
+        self._start_ts = None if start is None else float(start)
+        self._now = -math.inf if now is None else float(now)
+        self._last_sweep = -math.inf if sweep is None else float(sweep)
+        self._evicted = evicted
+        self._snapshots = snaps
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _evict_group(self) -> None:
+        # Prefer evicting the least recently seen group without an open episode: an open
+        # episode evicted silently would never send its resolved alert.
+        for gk, g in self._groups.items():
+            if not g.open:
+                del self._groups[gk]
+                self._evicted += 1
+                return
+        self._groups.popitem(last=False)
+        self._evicted += 1
+
+    def _member_view(
+        self, g: _Group, now: float, group_confirmed: bool
+    ) -> tuple[int, list[tuple[float, str, _Key]]]:
+        """Active members (count) and the implicated ones as (suspicion, key, state)."""
+        cfg = self.config
+        fb = self.feedback
+        active = 0
+        implicated: list[tuple[float, str, _Key]] = []
+        for m, t in g.members.items():
+            if now - t > cfg.member_ttl:
+                continue
+            k = self._keys.get(m)
+            if k is None:
+                continue
+            active += 1
+            v = fb.verdict("api_key", m, now)
+            if v == "allowlisted" or v == "false_positive":
+                continue
+            if v == "confirmed":
+                implicated.append((1.0, m, k))
+            elif k.susp >= cfg.member_threshold:
+                implicated.append((k.susp, m, k))
+            elif group_confirmed:
+                implicated.append((k.susp, m, k))
+        return active, implicated
+
+    def _evaluate(self, gk: tuple[str, str], g: _Group, now: float) -> list[dict[str, Any]]:
+        cfg = self.config
+        etype, entity = gk
+        verdict = self.feedback.verdict(etype, entity, now)
+        if verdict == "allowlisted":
+            if g.open:
+                return [self._close(gk, g, now, "allowlisted")]
+            return []
+        confirmed = verdict == "confirmed"
+        active, implicated = self._member_view(g, now, confirmed)
+        score, reasons, window = self._score(gk, g, now, active, implicated, confirmed)
+        if verdict == "false_positive":
+            if g.open:
+                g.bar = max(g.bar, cfg.fp_raise, min(0.98, score + 0.1) - cfg.open_score)
+                return [self._close(gk, g, now, "false_positive")]
+            g.bar = max(g.bar, cfg.fp_raise)
+        g.score = score
+        bar = min(0.99, cfg.open_score + g.bar)
+        if not g.open:
+            if score >= bar and implicated:
+                if etype == "template" and self._covered(implicated):
+                    return []  # another template band of the same family already fires
+                g.open = True
+                g.seq = self._seqs.get(gk, 0) + 1
+                self._seqs[gk] = g.seq
+                g.opened_ts = now
+                g.named = set()
+                g.quiet_since = None
+                g.severity = self._severity(score, confirmed)
+                return [self._fire(gk, g, now, score, reasons, window, implicated, active)]
+            return []
+        # episode open
+        if (score < cfg.close_score and not confirmed) or not implicated:
+            if g.quiet_since is None:
+                g.quiet_since = now
+            if now - g.quiet_since >= cfg.quiet_resolve or active == 0:
+                return [self._close(gk, g, now, "quiet", score, reasons, window)]
+            return []
+        g.quiet_since = None
+        sev = self._severity(score, confirmed)
+        escalated = _SEV_RANK[sev] > _SEV_RANK[g.severity]
+        new_named = sum(1 for _, m, _ in implicated if m not in g.named)
+        if escalated or (new_named > 0 and now - g.last_fire >= cfg.refire_interval):
+            g.severity = sev if escalated else g.severity
+            return [self._fire(gk, g, now, score, reasons, window, implicated, active)]
+        return []
+
+    def _covered(self, implicated: list[tuple[float, str, _Key]]) -> bool:
+        keys = {m for _, m, _ in implicated}
+        for (t, _v), g in self._groups.items():
+            if t == "template" and g.open and g.named:
+                if len(keys & g.named) >= 0.6 * len(keys):
+                    return True
+        return False
+
+    def _severity(self, score: float, confirmed: bool) -> str:
+        if score >= 0.8:
+            return "critical"
+        return "warning"
+
+    def _score(
+        self,
+        gk: tuple[str, str],
+        g: _Group,
+        now: float,
+        active: int,
+        implicated: list[tuple[float, str, _Key]],
+        confirmed: bool,
+    ) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
+        cfg = self.config
+        etype, entity = gk
+        n_imp = len(implicated)
+        window = {
+            "first_ts": min((k.first_ts for _, _, k in implicated), default=now),
+            "last_ts": now,
+            "events": sum(k.events for _, _, k in implicated),
+        }
+        if n_imp == 0:
+            return 0.0, [], window
+        share_lb = _wilson_lower(n_imp, active)
+        mean_susp = sum(s for s, _, _ in implicated) / n_imp
+        # templates shared across different implicated keys
+        band_count: dict[str, int] = {}
+        for _, _, k in implicated:
+            for b in k.bands:
+                band_count[b] = band_count.get(b, 0) + 1
+        sharing = sum(1 for _, _, k in implicated if any(band_count[b] >= 2 for b in k.bands))
+        tmpl_share = sharing / n_imp
+        # reasoning domains swept jointly
+        covered = sum(
+            1 for i in range(4) if sum(k.doms[i] for _, _, k in implicated) / n_imp >= 0.1
+        )
+        breadths = [k.breadth for _, _, k in implicated if k.breadth is not None]
+        # key churn: new keys, short lifetimes
+        warm = self._start_ts is not None and now - self._start_ts >= cfg.warmup
+        new_keys = 0
+        if warm:
+            horizon = max(now - cfg.new_key_window, (self._start_ts or 0.0) + cfg.warmup)
+            new_keys = sum(1 for _, _, k in implicated if k.first_ts >= horizon)
+        new_share = new_keys / n_imp
+        life_med = _median(g.lifetimes) if len(g.lifetimes) >= 3 else None
+        short_life = 1.0 if life_med is not None and life_med < cfg.short_lifetime else 0.0
+        cots = [k.cot for _, _, k in implicated if k.cot is not None]
+        cot_mean = sum(cots) / len(cots) if cots else None
+
+        e_share = _clip01(share_lb / 0.6)
+        e_tmpl = tmpl_share
+        e_cov = covered / 4.0
+        if covered == 0 and breadths:
+            # no per-domain shares in the snapshots: the members' own breadth stands in
+            e_cov = _clip01(sum(breadths) / len(breadths))
+        e_churn = max(new_share, short_life)
+        parts = [
+            ("implicated_share", 0.35, e_share),
+            ("member_suspicion", 0.25, mean_susp),
+            ("shared_templates", 0.15, e_tmpl),
+            ("domain_coverage", 0.10, e_cov),
+            ("key_churn", 0.15, e_churn),
+        ]
+        raw = sum(w * e for _, w, e in parts)
+        gated = n_imp >= cfg.min_implicated and share_lb >= cfg.min_share
+        if confirmed:
+            score = max(raw, cfg.open_score)
+        else:
+            score = raw * cfg.type_weights[etype] if gated else 0.0
+        score = _clip01(score)
+        total = raw or 1.0
+
+        def contrib(name: str) -> float:
+            for nm, w, e in parts:
+                if nm == name:
+                    return round(_clip01(w * e / total), 4)
+            return 0.0
+
+        label = _ENTITY_LABEL[etype]
+        lead = f"{n_imp} of {active} active keys {label} {entity} look distillation-like"
+        if etype == "template":
+            lead = f"{n_imp} keys share template family {entity}"
+        extras = []
+        if new_keys:
+            extras.append(f"{new_keys} of them new in the last {cfg.new_key_window / 3600:g} h")
+        if life_med is not None:
+            extras.append(f"median lifetime {life_med / 60:.0f} min")
+        reasons: list[dict[str, Any]] = [
+            {
+                "feature": "implicated_members",
+                "observed": float(n_imp),
+                "baseline": round(share_lb * active, 3),
+                "contribution": contrib("implicated_share"),
+                "explanation": "; ".join([lead] + extras)
+                + f" (share >= {share_lb:.2f} at 95% confidence, {g.seen_total} keys seen in total)",
+            },
+            {
+                "feature": "member_suspicion",
+                "observed": round(mean_susp, 4),
+                "baseline": cfg.member_threshold,
+                "contribution": contrib("member_suspicion"),
+                "explanation": f"implicated keys' mean distillation-likeness {mean_susp:.2f} "
+                f"(each below a per-key alarm on its own is typical of a campaign)",
+            },
+        ]
+        if etype != "template" and sharing >= 2:
+            top_band = max(band_count, key=lambda b: (band_count[b], b))
+            reasons.append(
+                {
+                    "feature": "shared_templates",
+                    "observed": round(tmpl_share, 4),
+                    "baseline": 0.0,
+                    "contribution": contrib("shared_templates"),
+                    "explanation": f"{sharing} implicated keys reuse template families across keys "
+                    f"(most shared: {top_band}, {band_count[top_band]} keys)",
+                }
+            )
+        if covered >= 2:
+            names = [d for i, d in enumerate(_HIGH_VALUE_DOMAINS)
+                     if sum(k.doms[i] for _, _, k in implicated) / n_imp >= 0.1]
+            reasons.append(
+                {
+                    "feature": "domain_coverage",
+                    "observed": float(covered),
+                    "baseline": 1.0,
+                    "contribution": contrib("domain_coverage"),
+                    "explanation": f"members jointly sweep {covered} high-value domains ({', '.join(names)})",
+                }
+            )
+        if cot_mean is not None:
+            reasons.append(
+                {
+                    "feature": "cot_share",
+                    "observed": round(cot_mean, 4),
+                    "baseline": 0.0,
+                    "contribution": 0.0,
+                    "explanation": f"implicated keys ask for step-by-step reasoning in {cot_mean:.0%} of requests",
+                }
+            )
+        if e_churn > 0:
+            reasons.append(
+                {
+                    "feature": "key_churn",
+                    "observed": round(new_share, 4),
+                    "baseline": 0.0,
+                    "contribution": contrib("key_churn"),
+                    "explanation": (
+                        f"{new_keys} of {n_imp} implicated keys are new in the last "
+                        f"{cfg.new_key_window / 60:.0f} min"
+                        + (f"; ended keys lived a median {life_med / 60:.0f} min" if life_med is not None else "")
+                    ),
+                }
+            )
+        if confirmed:
+            reasons.append(
+                {
+                    "feature": "analyst_verdict",
+                    "observed": 1.0,
+                    "baseline": 0.0,
+                    "contribution": 0.0,
+                    "explanation": f"an analyst confirmed {etype} {entity} as a campaign",
+                }
+            )
+        return score, reasons, window
+
+    def _related(self, g: _Group, implicated: list[tuple[float, str, _Key]]) -> list[str]:
+        cap = self.config.max_related
+        ranked = sorted(implicated, key=lambda x: (-x[0], x[1]))
+        if len(ranked) <= cap:
+            return [m for _, m, _ in ranked]
+        # name the newly implicated first so rotated keys get named, then the most implicated
+        fresh = [x for x in ranked if x[1] not in g.named][:cap]
+        chosen = {m for _, m, _ in fresh}
+        rest = [x for x in ranked if x[1] not in chosen][: cap - len(fresh)]
+        return [m for _, m, _ in sorted(fresh + rest, key=lambda x: (-x[0], x[1]))]
+
+    def _fire(
+        self,
+        gk: tuple[str, str],
+        g: _Group,
+        now: float,
+        score: float,
+        reasons: list[dict[str, Any]],
+        window: dict[str, Any],
+        implicated: list[tuple[float, str, _Key]],
+        active: int,
+    ) -> dict[str, Any]:
+        related = self._related(g, implicated)
+        for m in related:
+            if len(g.named) < _MAX_NAMED:
+                g.named.add(m)
+        g.last_fire = now
+        etype, entity = gk
+        return {
+            "alert_id": campaign_alert_id(etype, entity, g.seq),
+            "schema_version": 1,
+            "entity_type": etype,
+            "entity": entity,
+            "status": "firing",
+            "severity": g.severity,
+            "score": round(score, 6),
+            "event_ts": now,
+            "detected_at": 0.0,
+            "window": window,
+            "reasons": reasons,
+            "detector": "campaign",
+            "model_version": CAMPAIGN_MODEL_VERSION,
+            "related_entities": related,
+            "related_total": max(g.seen_total, len(g.members)),
+        }
+
+    def _close(
+        self,
+        gk: tuple[str, str],
+        g: _Group,
+        now: float,
+        why: str,
+        score: float = 0.0,
+        reasons: list[dict[str, Any]] | None = None,
+        window: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        etype, entity = gk
+        g.open = False
+        g.quiet_since = None
+        g.named = set()
+        text = {
+            "quiet": "members no longer look like a coordinated campaign",
+            "allowlisted": f"an analyst allowlisted {etype} {entity}",
+            "false_positive": f"an analyst marked {etype} {entity} a false positive; "
+            "it needs stronger evidence to fire again",
+        }[why]
+        rs = [
+            {
+                "feature": "episode_end" if why == "quiet" else "analyst_verdict",
+                "observed": round(score, 6),
+                "baseline": self.config.close_score,
+                "contribution": 1.0,
+                "explanation": text,
+            }
+        ]
+        return {
+            "alert_id": campaign_alert_id(etype, entity, g.seq),
+            "schema_version": 1,
+            "entity_type": etype,
+            "entity": entity,
+            "status": "resolved",
+            "severity": "info",
+            "score": round(_clip01(score), 6),
+            "event_ts": now,
+            "detected_at": 0.0,
+            "window": window or {"first_ts": g.opened_ts, "last_ts": now, "events": 0},
+            "reasons": rs + (reasons or [])[:0],
+            "detector": "campaign",
+            "model_version": CAMPAIGN_MODEL_VERSION,
+            "related_entities": [],
+            "related_total": max(g.seen_total, len(g.members)),
+        }
+
+
+_ENTITY_LABEL = {
+    "account": "of account",
+    "client_net": "from network",
+    "asn": "in ASN",
+    "template": "of template family",
+    "user_agent": "with user agent",
+}
+
+
+def iter_alerts(detector: CampaignDetector, snapshots: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Feed snapshots in order, advancing event time as they go; return every alert (a helper for tests)."""
+    out: list[dict[str, Any]] = []
+    for s in snapshots:
+        ts = _finite(s.get("ts"))
+        if ts is not None:
+            out.extend(detector.advance(ts))
+        out.extend(detector.observe(s))
+    return out
