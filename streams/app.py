@@ -1,0 +1,317 @@
+"""The Faust app: topics, tables and agents of ``moatwatch worker``.
+
+Flow (see docs/architecture.md)::
+
+    query-events ──► detect agent ──► alerts
+         │  (mis-keyed events are re-keyed through <app>-events-rekeyed)
+         ├──► dlq (invalid events, with reason and source offset)
+         └──► <app>-member-snapshots (1 partition) ──► campaign agent ──► alerts
+
+Per-key state is the ``key-state`` table (changelog ``<app>-key-state-changelog``), one compact
+binary blob per api_key written by :meth:`models.engine.DetectionCore.export_key`; the
+population model of each partition is the ``partition-state`` table. Both are raw bytes on the
+wire with a versioned format of our own: nothing read from a topic is ever unpickled.
+
+Processing is at-least-once. Each key's blob records the input offset it has applied, so a
+redelivered event is recognised and skipped; alerts are delivered (acknowledged by the broker)
+before the state that produced them is written, and both before the input offsets commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+import orjson
+
+from schemas.validation import InvalidEvent
+from streams.metrics import Metrics
+from streams.pipeline import CampaignRunner, Detector, dead_letter, decode, encode_alert
+from streams.settings import Settings
+from streams.web import install_web, readiness, web_app_options
+
+__all__ = ["Worker", "create_worker"]
+
+log = logging.getLogger("moatwatch.worker")
+
+_SHARED_KEY = b"__partition__/%d"
+
+
+def _credentials(settings: Settings) -> dict[str, Any]:
+    """Faust (aiokafka) security settings mirroring :meth:`Settings.confluent_config`."""
+    proto = settings.security_protocol
+    if proto == "PLAINTEXT":
+        return {}
+    ssl_context = None
+    if proto.endswith("SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+        if settings.ssl_certfile:
+            ssl_context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    if proto.startswith("SASL"):
+        return {"broker_credentials": faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism,
+            ssl_context=ssl_context,
+        )}
+    return {"broker_credentials": faust.SSLCredentials(ssl_context)}
+
+
+class Worker:
+    """Builds the Faust app around a :class:`~streams.pipeline.Detector` and runs it.
+
+    Parameters
+    ----------
+    settings
+        The frozen settings (every ``MOATWATCH_*`` variable).
+    partitions
+        Partition count of the input topic (tables and internal topics must match it).
+    feedback
+        Analyst verdicts shared by the key and campaign detectors.
+    """
+
+    def __init__(self, settings: Settings, partitions: int, *, feedback: Any = None,
+                 metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.partitions = partitions
+        self.metrics = metrics or Metrics()
+        self.detector = Detector(partitions, feedback=feedback)
+        self.campaigns = CampaignRunner(feedback)
+        self._loaded_shared: set[int] = set()
+        self._shared_written: dict[int, bytes] = {}
+        self._last_offsets: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ app
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=",".join(f"kafka://{b}" for b in s.bootstrap.split(",")),
+            store="memory://",
+            autodiscover=False,
+            datadir=s.data_dir,
+            key_serializer="raw",
+            value_serializer="raw",
+            topic_partitions=self.partitions,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            processing_guarantee="at_least_once",
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+            broker_commit_every=s.batch_max,
+            broker_commit_interval=1.0,
+            stream_wait_empty=False,
+            **web_app_options(s),
+            **_credentials(s),
+        )
+        self.events_topic = app.topic(s.events_topic, key_serializer="raw",
+                                      value_serializer="raw", partitions=self.partitions)
+        self.rekeyed_topic = app.topic(f"{s.app_id}-events-rekeyed", key_serializer="raw",
+                                       value_serializer="raw", partitions=self.partitions,
+                                       internal=True)
+        self.snapshot_topic = app.topic(f"{s.app_id}-member-snapshots", key_serializer="raw",
+                                        value_serializer="raw", partitions=1, internal=True)
+        self.alerts_topic = app.topic(s.alerts_topic, key_serializer="raw", value_serializer="raw")
+        self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
+        self.key_state = app.Table("key-state", key_serializer="raw", value_serializer="raw",
+                                   partitions=self.partitions, default=None)
+        self.partition_state = app.Table("partition-state", key_serializer="raw",
+                                         value_serializer="raw", partitions=self.partitions,
+                                         default=None)
+        both = app.topic(s.events_topic, f"{s.app_id}-events-rekeyed", key_serializer="raw",
+                         value_serializer="raw", partitions=self.partitions)
+        app.agent(both, name="detect")(self._detect_agent)
+        app.agent(self.snapshot_topic, name="campaigns")(self._campaign_agent)
+        app.timer(5.0)(self._report_stats)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        install_web(app, metrics=self.metrics, ready=lambda: readiness(app), token=s.web_token)
+        return app
+
+    async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **kwargs: Any) -> None:
+        self.metrics.rebalances.inc()
+        for tp in revoked:
+            if tp.topic == self.settings.events_topic:
+                self.detector.drop(tp.partition)
+                self._loaded_shared.discard(tp.partition)
+                self._shared_written.pop(tp.partition, None)
+
+    async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **kwargs: Any) -> None:
+        n = sum(1 for tp in assigned if tp.topic == self.settings.events_topic)
+        self.metrics.partitions_assigned.set(n)
+
+    # ------------------------------------------------------------ detection
+    def _core_for(self, partition: int) -> Any:
+        core = self.detector.core(partition)
+        if partition not in self._loaded_shared:
+            self._loaded_shared.add(partition)
+            blob = self.partition_state.data.get(_SHARED_KEY % partition)
+            if blob:
+                core.import_shared(blob)
+                self._shared_written[partition] = blob
+        return core
+
+    async def _detect_agent(self, stream: Any) -> None:
+        s = self.settings
+        async for events in stream.take_events(s.batch_max, within=s.batch_within):
+            await self._handle_batch(events)
+
+    async def _handle_batch(self, events: list[Any]) -> None:
+        m = self.metrics
+        started = time.perf_counter()
+        events_topic = self.settings.events_topic
+        alerts: list[dict[str, Any]] = []
+        dead: list[tuple[bytes | None, bytes]] = []
+        forwards: list[tuple[bytes, bytes]] = []
+        touched: set[int] = set()
+        now = time.time()
+        key_state = self.key_state.data
+        process = self.detector.process
+        perf = time.perf_counter
+        observe = m.processing_seconds.observe
+        lag_observe = m.event_lag_seconds.observe
+        valid = 0
+        max_ts = 0.0
+        for ev in events:
+            msg = ev.message
+            raw = ev.value
+            t0 = perf()
+            self._last_offsets[(msg.topic, msg.partition)] = msg.offset
+            try:
+                event = decode(raw if raw is not None else b"")
+            except InvalidEvent as exc:
+                m.events_invalid.labels(exc.reason).inc()
+                rec = dead_letter(raw or b"", exc, detected_at=now, source={
+                    "topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
+                dead.append((msg.key, orjson.dumps(rec)))
+                continue
+            key = event["api_key"]
+            kb = key.encode("utf-8")
+            if msg.topic == events_topic and msg.key != kb:
+                forwards.append((kb, raw))   # re-key: all of a key's events on one partition
+                continue
+            part = msg.partition
+            core = self._core_for(part)
+            if not core.has_key(key):
+                blob = key_state.get(kb)
+                if blob:
+                    core.import_key(key, blob)
+            seq = msg.offset if msg.topic == events_topic else None
+            alerts.extend(process(event, partition=part, seq=seq))
+            touched.add(part)
+            valid += 1
+            ts = event["ts"]
+            if ts > max_ts:
+                max_ts = ts
+            lag_observe(max(0.0, now - ts))
+            observe(perf() - t0)
+        m.events_consumed.inc(len(events))
+        m.events_processed.inc(valid)
+        if max_ts:
+            m.last_event_timestamp.set(max_ts)
+
+        snaps = self.detector.take_snapshots()
+        pending = []
+        for key, value in dead:
+            pending.append(await self.dlq_topic.send(key=key, value=value))
+        for key, value in forwards:
+            pending.append(await self.rekeyed_topic.send(key=key, value=value))
+        for snap in snaps:
+            pending.append(await self.snapshot_topic.send(key=snap["api_key"].encode("utf-8"),
+                                                          value=orjson.dumps(snap)))
+        pending.extend(await self._send_alerts(alerts))
+        # alerts, dead letters and forwards are on the broker before the state that made them
+        for fut in pending:
+            await fut
+        m.dlq_published.inc(len(dead))
+        self._write_state(touched)
+        m.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _send_alerts(self, alerts: list[dict[str, Any]]) -> list[Any]:
+        out = []
+        now = time.time()
+        for a in alerts:
+            a["detected_at"] = now
+            self.metrics.observe_alert(a)
+            out.append(await self.alerts_topic.send(key=a["entity"].encode("utf-8"),
+                                                    value=encode_alert(a)))
+        return out
+
+    def _write_state(self, partitions: Iterable[int]) -> None:
+        table = self.key_state
+        data = table.data
+        for part in partitions:
+            core = self.detector.cores.get(part)
+            if core is None:
+                continue
+            for key in sorted(core.dirty_keys()):
+                kb = key.encode("utf-8")
+                blob = core.export_key(key)
+                if blob is None:   # evicted: tombstone, so the changelog compacts it away
+                    data.pop(kb, None)
+                    table.send_changelog(part, kb, None, value_serializer="raw")
+                else:
+                    data[kb] = blob
+                    table.send_changelog(part, kb, blob)
+            core.clear_dirty()
+            shared = core.export_shared()
+            if shared != self._shared_written.get(part):
+                sk = _SHARED_KEY % part
+                self.partition_state.data[sk] = shared
+                self.partition_state.send_changelog(part, sk, shared)
+                self._shared_written[part] = shared
+
+    async def _campaign_agent(self, stream: Any) -> None:
+        async for values in stream.take(self.settings.batch_max, within=self.settings.batch_within):
+            snaps = []
+            for v in values:
+                try:
+                    snaps.append(orjson.loads(v))
+                except orjson.JSONDecodeError:
+                    log.warning("skipping an unreadable member snapshot (%d bytes)", len(v or b""))
+            alerts = self.campaigns.observe(snaps)
+            for fut in await self._send_alerts(alerts):
+                await fut
+
+    async def _report_stats(self) -> None:
+        m = self.metrics
+        st = self.detector.stats()
+        camp = self.campaigns.stats()
+        m.tracked_keys.set(st["tracked_keys"])
+        m.state_bytes.set(st["state_bytes"] + camp.get("state_bytes", 0))
+        m.open_episodes.set(st["open_episodes"] + camp.get("open_episodes", 0))
+        ok, _ = readiness(self.app)
+        m.recovery_complete.set(1 if ok else 0)
+        consumer = self.app.consumer
+        try:
+            for tp in consumer.assignment():
+                if tp.topic != self.settings.events_topic:
+                    continue
+                hw = consumer.highwater(tp)
+                last = self._last_offsets.get((tp.topic, tp.partition))
+                if hw is not None:
+                    lag = hw - (last + 1 if last is not None else 0)
+                    m.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+        except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
+            log.debug("consumer lag not available: %r", exc)
+
+
+def create_worker(settings: Settings, *, feedback: Any = None) -> Worker:
+    """Create topics if missing, read the input partition count, build the worker."""
+    from streams.kafka_io import ensure_topics
+
+    counts = ensure_topics(settings, {
+        settings.events_topic: settings.partitions,
+        settings.alerts_topic: settings.partitions,
+        settings.dlq_topic: 1,
+        settings.feedback_topic: 1,
+    })
+    return Worker(settings, counts[settings.events_topic], feedback=feedback)

@@ -1,0 +1,279 @@
+"""The one detection pipeline both drivers run: decode, detect, dead-letter.
+
+``moatwatch replay`` (a file, in process) and ``moatwatch worker`` (Kafka) differ only in where
+bytes come from and where alerts go. Everything that decides *what* is alerted lives here and in
+:mod:`models`, so for the same events (in the same per-partition order) both drivers produce
+the same per-key ``alert_id`` set.
+
+Partitioning is part of that contract: the population model is per input partition, so replay
+assigns keys to partitions with Kafka's own default partitioner (murmur2 of the key, the
+Java client's and aiokafka's choice, and the one ``moatwatch produce`` asks librdkafka for).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+
+from models.engine import DetectionCore, DetectorConfig
+from models.prompt import derive_prompt_fields
+from schemas.validation import InvalidEvent, decode_event
+
+__all__ = [
+    "ADVANCE_EVERY_S",
+    "CampaignRunner",
+    "DEAD_LETTER_PREVIEW_BYTES",
+    "Detector",
+    "encode_alert",
+    "dead_letter",
+    "decode",
+    "partition_for",
+    "redact_prompt_text",
+]
+
+#: Dead letters keep at most this many bytes of the original message (the source
+#: topic/partition/offset, or file line, locates the full original).
+DEAD_LETTER_PREVIEW_BYTES = 64 * 1024
+
+_DERIVED = ("prompt_simhash", "topic", "cot_request")
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Partition Kafka's default partitioner puts ``key`` in (murmur2, positive, modulo).
+
+    Examples
+    --------
+    >>> partition_for(b"key-1", 1)
+    0
+    >>> [partition_for(k, 4) for k in (b"a", b"b", b"c")] == [partition_for(k, 4) for k in (b"a", b"b", b"c")]
+    True
+    """
+    if partitions == 1:
+        return 0
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def decode(raw: bytes | str) -> dict[str, Any]:
+    """Decode and validate one message; derive prompt fields from ``prompt_text`` and drop it.
+
+    The prompt text never leaves this function: the returned event has no ``prompt_text``.
+    Raises :class:`~schemas.validation.InvalidEvent` for anything that is not a QueryEvent v1.
+    """
+    event = decode_event(raw)
+    text = event.pop("prompt_text", None)
+    if text is not None and any(f not in event for f in _DERIVED):
+        for name, value in derive_prompt_fields(text).items():
+            event.setdefault(name, value)
+    return event
+
+
+_PROMPT_TEXT = re.compile(rb'"prompt_text"\s*:\s*"(?:[^"\\]|\\.)*("|$)', re.DOTALL)
+
+
+def redact_prompt_text(raw: bytes) -> bytes:
+    """Replace any ``prompt_text`` value in raw JSON-ish bytes with its SHA-256.
+
+    Works on bytes that are not valid JSON too (a truncated value is redacted to the end).
+
+    Examples
+    --------
+    >>> _doctest_friendly(redact_prompt_text(b'{"a":1,"prompt_text":"secret \\\\"stuff\\\\"","b":2}'))
+    b'{"a":1,"prompt_text":"<redacted sha256:...>","b":2}'
+    """
+    def sub(m: re.Match[bytes]) -> bytes:
+        digest = hashlib.sha256(m.group(0)).hexdigest()[:16]
+        tail = b'"' if m.group(1) else b""
+        return b'"prompt_text":"<redacted sha256:' + digest.encode() + b'>' + tail
+
+    if b"prompt_text" not in raw:
+        return raw
+    out = _PROMPT_TEXT.sub(sub, raw)
+    if b"prompt_text" in out and b"<redacted" not in out:
+        # "prompt_text" in some shape the pattern did not recognise: keep nothing after it.
+        out = out[: out.index(b"prompt_text")] + b'prompt_text<redacted>'
+    return out
+
+
+def _doctest_friendly(b: bytes) -> bytes:  # pragma: no cover - doctest helper
+    return re.sub(rb"sha256:[0-9a-f]+", b"sha256:...", b)
+
+
+def dead_letter(
+    raw: bytes | str,
+    error: InvalidEvent,
+    *,
+    source: dict[str, Any],
+    detected_at: float,
+) -> dict[str, Any]:
+    """The dead-letter record for an invalid message: reason, detail, source, original bytes.
+
+    The original bytes are kept as base64 (prompt text redacted), truncated to
+    :data:`DEAD_LETTER_PREVIEW_BYTES` with the full length and SHA-256 recorded, so the record
+    always fits in a Kafka message and the source offset still locates the full original.
+    """
+    data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
+    digest = hashlib.sha256(data).hexdigest()
+    redacted = redact_prompt_text(data)
+    truncated = len(redacted) > DEAD_LETTER_PREVIEW_BYTES
+    kept = redacted[:DEAD_LETTER_PREVIEW_BYTES]
+    return {
+        "schema": "moatwatch.dead_letter/v1",
+        "reason": error.reason,
+        "detail": error.detail,
+        "source": source,
+        "original_base64": base64.b64encode(kept).decode("ascii"),
+        "original_bytes": len(data),
+        "original_sha256": digest,
+        "truncated": truncated,
+        "redacted": redacted != data,
+        "detected_at": detected_at,
+    }
+
+
+#: Event-time seconds between housekeeping calls (episode resolution, eviction). The calls fall
+#: on a fixed grid of event time, so they happen at the same points in replay, live, and after a
+#: restart, whatever the batch boundaries.
+ADVANCE_EVERY_S = 5.0
+
+
+class _Clock:
+    """Event-time housekeeping grid for one stream of events (one partition, or snapshots)."""
+
+    __slots__ = ("next_at",)
+
+    def __init__(self) -> None:
+        self.next_at: float | None = None
+
+    def due(self, ts: float) -> float | None:
+        """The grid time to advance to before an event at ``ts``, or None."""
+        nxt = self.next_at
+        if nxt is None:
+            self.next_at = (ts // ADVANCE_EVERY_S) * ADVANCE_EVERY_S + ADVANCE_EVERY_S
+            return None
+        if ts < nxt:
+            return None
+        grid = (ts // ADVANCE_EVERY_S) * ADVANCE_EVERY_S
+        self.next_at = grid + ADVANCE_EVERY_S
+        return grid
+
+
+class Detector:
+    """Per-partition detection cores, as both drivers use them.
+
+    Each partition has its own :class:`~models.engine.DetectionCore` (per-key state plus the
+    population model of the partition's keys) and its own event-time housekeeping clock, so the
+    alerts of a partition depend only on that partition's events, in order.
+
+    Parameters
+    ----------
+    partitions
+        How many input partitions the keys are spread over (replay must use the input topic's
+        partition count to match live).
+    config
+        Detector hyperparameters (:class:`models.engine.DetectorConfig`).
+    feedback
+        Analyst verdicts (:class:`models.feedback.FeedbackBook`), or None.
+    """
+
+    def __init__(self, partitions: int = 1, *, config: DetectorConfig | None = None,
+                 feedback: Any = None) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.partitions = partitions
+        self.config = config
+        self.feedback = feedback
+        self.cores: dict[int, DetectionCore] = {}
+        self._clocks: dict[int, _Clock] = {}
+        self._part_cache: dict[str, int] = {}
+        self.snapshots: list[dict[str, Any]] = []
+
+    def core(self, partition: int) -> DetectionCore:
+        core = self.cores.get(partition)
+        if core is None:
+            core = self.cores[partition] = DetectionCore(self.config, feedback=self.feedback)
+            self._clocks[partition] = _Clock()
+        return core
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition (revoked in a rebalance; its state lives on in the changelog)."""
+        self.cores.pop(partition, None)
+        self._clocks.pop(partition, None)
+
+    def partition_of(self, api_key: str) -> int:
+        if self.partitions == 1:
+            return 0
+        part = self._part_cache.get(api_key)
+        if part is None:
+            if len(self._part_cache) > 1_000_000:
+                self._part_cache.clear()
+            part = self._part_cache[api_key] = partition_for(api_key.encode("utf-8"), self.partitions)
+        return part
+
+    def process(self, event: dict[str, Any], *, partition: int | None = None,
+                seq: int | None = None) -> list[dict[str, Any]]:
+        """Run one decoded event through its partition's core; return the key alerts."""
+        if partition is None:
+            partition = self.partition_of(event["api_key"])
+        core = self.core(partition)
+        grid = self._clocks[partition].due(event["ts"])
+        if grid is not None:
+            alerts = core.advance(grid)
+            alerts.extend(core.process(event, seq))
+        else:
+            alerts = core.process(event, seq)
+        snaps = core.drain_member_snapshots()
+        if snaps:
+            self.snapshots.extend(snaps)
+        return alerts
+
+    def take_snapshots(self) -> list[dict[str, Any]]:
+        """Member snapshots the cores emitted since the last call (for the campaign detector)."""
+        snaps, self.snapshots = self.snapshots, []
+        return snaps
+
+    def stats(self) -> dict[str, Any]:
+        total: dict[str, Any] = {"tracked_keys": 0, "state_bytes": 0, "open_episodes": 0,
+                                 "evicted_total": 0, "duplicates_total": 0}
+        for core in self.cores.values():
+            s = core.stats()
+            for k in total:
+                total[k] += s.get(k, 0)
+        return total
+
+
+class CampaignRunner:
+    """The group-level campaign detector over member snapshots, with its own event-time clock.
+
+    It sees every partition's snapshots (in replay, in order; in the worker, through one
+    single-partition snapshot topic), so its groups span the whole key space.
+    """
+
+    def __init__(self, feedback: Any = None) -> None:
+        from models.campaign import CampaignDetector
+
+        self.detector = CampaignDetector(feedback=feedback)
+        self._clock = _Clock()
+
+    def observe(self, snapshots: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        det = self.detector
+        for snap in snapshots:
+            grid = self._clock.due(snap["ts"])
+            if grid is not None:
+                out.extend(det.advance(grid))
+            out.extend(det.observe(snap))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return self.detector.stats()
+
+
+def encode_alert(alert: dict[str, Any]) -> bytes:
+    """Alerts on the wire and in files: compact JSON, keys sorted for stable bytes."""
+    return orjson.dumps(alert, option=orjson.OPT_SORT_KEYS)
