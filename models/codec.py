@@ -1,0 +1,140 @@
+"""Versioned binary serialization of per-key state: struct + array + zlib, never pickle.
+
+Layout of a key blob (little endian)::
+
+    b"MWK" | version (1 byte) | flags (1 byte: bit 0 = body is zlib-compressed) | body
+
+    body = ints (struct ``_INTS``) | NF doubles | 8 uint64 SimHash ring | 256-byte Bloom filter
+
+Decoding only parses numbers: it cannot execute anything. Anything that does not match the
+layout exactly (magic, version, length, ranges, non-finite floats) raises ``ValueError``.
+Compression pays for the many light keys whose Bloom filter and ring are mostly zeros; the
+decompressor is bounded, so a crafted blob cannot inflate beyond the fixed body size.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from array import array
+
+from models import features as F
+from models.keymodel import KeyState
+
+__all__ = ["KEY_FORMAT_VERSION", "decode_key", "encode_key"]
+
+KEY_FORMAT_VERSION = 1
+_MAGIC = b"MWK"
+# seq, events, last_min, mask, since_eval, ring_pos, bloom_n, bloom_gen, ep_seq, ep_sev,
+# ep_det, ep_events, evals
+_INTS = struct.Struct("<qqqQIBHBIBBII")
+_BODY_LEN = _INTS.size + 8 * F.NF + 64 + 256
+
+
+def encode_key(ks: KeyState) -> bytes:
+    """Serialize a key state (a few hundred bytes for most keys).
+
+    Examples
+    --------
+    >>> ks = KeyState(); ks.events = 3; ks.seq = 17
+    >>> blob = encode_key(ks)
+    >>> len(blob) < 200, decode_key(blob).seq
+    (True, 17)
+    """
+    body = (
+        _INTS.pack(
+            ks.seq,
+            ks.events,
+            ks.last_min,
+            ks.mask,
+            ks.since_eval,
+            ks.ring_pos,
+            ks.bloom_n,
+            ks.bloom_gen,
+            ks.ep_seq,
+            ks.ep_sev,
+            ks.ep_det,
+            ks.ep_events,
+            ks.evals,
+        )
+        + ks.f.tobytes()
+        + ks.ring.tobytes()
+        + bytes(ks.bloom)
+    )
+    packed = zlib.compress(body, 6)
+    if len(packed) < len(body):
+        return _MAGIC + bytes((KEY_FORMAT_VERSION, 1)) + packed
+    return _MAGIC + bytes((KEY_FORMAT_VERSION, 0)) + body
+
+
+def decode_key(blob: bytes) -> KeyState:
+    """Parse a key blob written by :func:`encode_key`; ValueError on anything else."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise ValueError(f"key state must be bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if len(blob) < 5 or blob[:3] != _MAGIC:
+        raise ValueError("not a moatwatch key state (bad magic); drop it and let the key re-learn")
+    version, flags = blob[3], blob[4]
+    if version != KEY_FORMAT_VERSION:
+        raise ValueError(
+            f"key state format version {version} is not supported (expected {KEY_FORMAT_VERSION})"
+        )
+    if flags not in (0, 1):
+        raise ValueError(f"key state has unknown flags {flags}")
+    body = blob[5:]
+    if flags == 1:
+        d = zlib.decompressobj()
+        try:
+            body = d.decompress(body, _BODY_LEN + 1)
+        except zlib.error as exc:
+            raise ValueError(f"key state is corrupt ({exc})") from None
+        if not d.eof or d.unconsumed_tail or d.unused_data:
+            raise ValueError("key state is corrupt (compressed body has the wrong size)")
+    if len(body) != _BODY_LEN:
+        raise ValueError(f"key state body is {len(body)} bytes, expected {_BODY_LEN}")
+    (
+        seq,
+        events,
+        last_min,
+        mask,
+        since_eval,
+        ring_pos,
+        bloom_n,
+        bloom_gen,
+        ep_seq,
+        ep_sev,
+        ep_det,
+        ep_events,
+        evals,
+    ) = _INTS.unpack_from(body)
+    if seq < -1 or events < 0 or ring_pos > 7 or bloom_gen > 1 or ep_sev > 3 or ep_det > 2:
+        raise ValueError("key state holds out-of-range counters")
+    off = _INTS.size
+    f = array("d")
+    f.frombytes(body[off : off + 8 * F.NF])
+    for v in f:
+        if not math.isfinite(v):
+            raise ValueError("key state holds a non-finite number")
+    off += 8 * F.NF
+    ring = array("Q")
+    ring.frombytes(body[off : off + 64])
+    off += 64
+    ks = KeyState()
+    ks.f = f
+    ks.ring = ring
+    ks.bloom = bytearray(body[off : off + 256])
+    ks.seq = seq
+    ks.events = events
+    ks.last_min = last_min
+    ks.mask = mask
+    ks.since_eval = since_eval
+    ks.ring_pos = ring_pos
+    ks.bloom_n = bloom_n
+    ks.bloom_gen = bloom_gen
+    ks.ep_seq = ep_seq
+    ks.ep_sev = ep_sev
+    ks.ep_det = ep_det
+    ks.ep_events = ep_events
+    ks.evals = evals
+    return ks

@@ -1,0 +1,567 @@
+"""The detection core: per-key detection state for one input partition.
+
+:class:`DetectionCore` is a pure state machine that both drivers (``moatwatch replay`` and the
+Faust worker) feed with validated QueryEvent v1 dicts, in partition order, and that returns
+Alert v1 dicts. It holds, for the keys of one partition:
+
+* per-key compact feature state (:mod:`models.features`, :class:`models.keymodel.KeyState`),
+  updated per event in event time;
+* per-key River baselines (an upward Page-Hinkley test evaluated as a flyweight,
+  :class:`models.keymodel.KeyBaseline`), so a key that *changes* toward harvesting is seen;
+* a population model shared by the partition's keys (:class:`models.population.PopulationModel`:
+  River HalfSpaceTrees + population means + score histogram), learning only from keys that
+  are not flagged, so a key scraping from its first request is seen too;
+* the alert policy (:class:`models.policy.EpisodeTracker`): warm-up, adaptive threshold,
+  episodes that open, escalate and resolve, deterministic alert ids.
+
+The per-event path only folds the event into the key's floats. Scoring (direction features,
+HalfSpaceTrees, Page-Hinkley, policy) runs at the key's *evaluation points*: every
+``eval_every_events`` events or ``eval_every_seconds`` of event time, whichever comes first.
+
+Determinism
+-----------
+Nothing reads the wall clock or an unseeded random source; no decision iterates a set or a
+dict whose order could depend on ``PYTHONHASHSEED`` (``advance`` walks keys in sorted order).
+The same events (and seqs) into a fresh core, or into one restored from
+:meth:`DetectionCore.export_key` / :meth:`DetectionCore.export_shared` blobs at any point,
+give the same alerts, ids and all (``detected_at`` is 0.0; the driver stamps it).
+
+Campaign member snapshots
+-------------------------
+:meth:`DetectionCore.drain_member_snapshots` returns (and forgets) the snapshots produced
+since the last call. A key emits at most one per evaluation point, and at most one every
+``snapshot_every_seconds`` of event time (its first one at its first evaluation with at least
+``snapshot_min_events`` events)::
+
+    {"api_key": str,
+     "ts": float,            # event time of the evaluation
+     "first_ts": float,      # the key's first event time
+     "events": int,          # events of the key so far
+     "score": float,         # the key's distillation score 0..1 at this evaluation
+     "features": {name: float, ...},   # direction features (models.features.FEATURES, each 0..1,
+                             # larger = more like harvesting) plus events_per_hour,
+                             # completion_prompt_ratio, code/math/science/reasoning_share,
+                             # topic_entropy, greedy_share, repeat_share
+     "groups": {"account": str | None, "client_net": str | None,   # /24 IPv4, /48 IPv6
+                "asn": str | None, "user_agent": str | None,
+                "template": [str, ...]}}   # LSH band ids "b<band>:<4 hex>" of SimHash families
+                                           # recurring in the key's recent prompts; [] if none
+
+Examples
+--------
+>>> core = DetectionCore()
+>>> ev = {"event_id": "e1", "ts": 1.7e9, "api_key": "k1", "prompt_tokens": 30,
+...       "completion_tokens": 400, "status": 200}
+>>> core.process(ev, seq=0)
+[]
+>>> core.process(ev, seq=0)  # redelivered: already applied
+[]
+>>> core.stats()["duplicates_total"], core.has_key("k1")
+(1, True)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import struct
+import sys
+from dataclasses import dataclass
+
+from models import features as F
+from models.codec import decode_key, encode_key
+from models.features import FEATURES, apply_event, direction_features, raw_observations
+from models.keymodel import KeyBaseline, KeyState
+from models.policy import EpisodeTracker, scrape_score
+from models.population import PopulationModel
+
+__all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
+
+MODEL_VERSION = "key-0.2"
+
+_SHARED_MAGIC = b"MWS1"
+_DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
+_CAP_IDX = tuple(F.F_TOP0 + F.TOPICS.index(t) for t in ("code", "math", "science", "reasoning"))
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Hyperparameters of the detection core, validated at construction.
+
+    Parameters
+    ----------
+    eval_every_events, eval_every_seconds
+        A key is evaluated after this many of its events or this much event time.
+    warmup_events, warmup_seconds
+        A key cannot fire before it has this many events and this much history.
+    share_alpha
+        Event-count EW rate of the per-key shares (1/32: about the last 32 events).
+    dup_bits, template_bits
+        SimHash Hamming distance for a near-duplicate / a same-template prompt.
+    bloom_rotate
+        Distinct prompts per Bloom generation (repeats are seen within ~1-2x this many).
+    score_mix
+        ``(c0, c1, c2)`` of ``content * (c0 + c1*extraction + c2*automation)``; sums to 1.
+    population_weight
+        How much the HalfSpaceTrees outlier score modulates the direction score.
+    threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
+        Adaptive threshold: the ``threshold_quantile`` of recent unflagged key scores plus
+        ``threshold_margin``, clipped to [floor, ceiling].
+    confirm_evals
+        Consecutive evaluations at or above the threshold needed to open an episode.
+    drift_bonus, drift_memory
+        After an upward Page-Hinkley drift, the threshold is lowered by ``drift_bonus`` for
+        ``drift_memory`` seconds of event time.
+    resolve_margin, resolve_after, quiet_timeout
+        An episode resolves when the score stays below ``threshold - resolve_margin`` for
+        ``resolve_after`` seconds, or the key is silent for ``quiet_timeout`` seconds.
+    fp_penalty
+        Extra threshold for a key an analyst marked false_positive.
+    idle_ttl
+        Keys silent this long (event time) are evicted by :meth:`DetectionCore.advance`.
+    snapshot_every_seconds, snapshot_min_events
+        Rate of campaign member snapshots per key.
+    hst_trees, hst_height, hst_window, seed
+        Population HalfSpaceTrees.
+    ph_delta, ph_threshold, ph_min_instances
+        The per-key Page-Hinkley baseline (upward only).
+
+    Examples
+    --------
+    >>> DetectorConfig().warmup_events
+    20
+    >>> DetectorConfig(share_alpha=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: share_alpha must be in (0, 1), got 2.0
+    """
+
+    eval_every_events: int = 16
+    eval_every_seconds: float = 60.0
+    warmup_events: int = 20
+    warmup_seconds: float = 120.0
+    share_alpha: float = 1.0 / 32.0
+    dup_bits: int = 3
+    template_bits: int = 20
+    bloom_rotate: int = 96
+    score_mix: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    population_weight: float = 0.3
+    threshold_floor: float = 0.5
+    threshold_ceiling: float = 0.75
+    threshold_quantile: float = 0.995
+    threshold_margin: float = 0.05
+    confirm_evals: int = 2
+    drift_bonus: float = 0.05
+    drift_memory: float = 1800.0
+    resolve_margin: float = 0.1
+    resolve_after: float = 900.0
+    quiet_timeout: float = 1800.0
+    fp_penalty: float = 0.15
+    idle_ttl: float = 6 * 3600.0
+    snapshot_every_seconds: float = 300.0
+    snapshot_min_events: int = 3
+    hst_trees: int = 10
+    hst_height: int = 6
+    hst_window: int = 256
+    seed: int = 42
+    ph_delta: float = 0.01
+    ph_threshold: float = 0.5
+    ph_min_instances: int = 6
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        for name in ("eval_every_events", "warmup_events", "confirm_evals", "bloom_rotate",
+                     "snapshot_min_events", "hst_trees", "hst_height", "hst_window",
+                     "ph_min_instances", "dup_bits", "template_bits"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1 or (name == "dup_bits" and v == 0),
+                 f"{name} must be a positive integer, got {v!r}")
+        for name in ("eval_every_seconds", "warmup_seconds", "drift_memory", "resolve_after",
+                     "quiet_timeout", "idle_ttl", "snapshot_every_seconds"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+                 f"{name} must be a finite number of seconds >= 0, got {v!r}")
+        need(0.0 < self.share_alpha < 1.0, f"share_alpha must be in (0, 1), got {self.share_alpha}")
+        need(self.dup_bits < self.template_bits <= 32,
+             f"need dup_bits < template_bits <= 32, got {self.dup_bits}, {self.template_bits}")
+        need(self.bloom_rotate <= 400, f"bloom_rotate must be <= 400 (2048-bit filter), got {self.bloom_rotate}")
+        mix = self.score_mix
+        need(len(mix) == 3 and all(0.0 <= c <= 1.0 for c in mix) and abs(sum(mix) - 1.0) < 1e-9,
+             f"score_mix must be three weights in [0, 1] summing to 1, got {mix}")
+        need(0.0 <= self.population_weight <= 1.0,
+             f"population_weight must be in [0, 1], got {self.population_weight}")
+        need(0.0 < self.threshold_floor <= self.threshold_ceiling < 1.0,
+             "need 0 < threshold_floor <= threshold_ceiling < 1, got "
+             f"{self.threshold_floor}, {self.threshold_ceiling}")
+        need(0.5 <= self.threshold_quantile < 1.0,
+             f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}")
+        for name in ("threshold_margin", "drift_bonus", "resolve_margin", "fp_penalty", "ph_delta"):
+            v = getattr(self, name)
+            need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
+        need(self.ph_threshold > 0, f"ph_threshold must be > 0, got {self.ph_threshold}")
+        need(self.eval_every_events <= 10_000, "eval_every_events must be <= 10000")
+
+
+def _client_net(ip: str | None) -> str | None:
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    plen = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{plen}", strict=False))
+
+
+def _template_bands(ring) -> list[str]:
+    """LSH band ids (4 bands of 16 bits) shared by at least two recent prompts."""
+    counts: dict[str, int] = {}
+    for h in ring:
+        if not h:
+            continue
+        for b in range(4):
+            bid = f"b{b}:{(h >> (16 * b)) & 0xFFFF:04x}"
+            counts[bid] = counts.get(bid, 0) + 1
+    return sorted(b for b, c in counts.items() if c >= 2)[:4]
+
+
+class DetectionCore:
+    """Per-key detection state for one input partition.
+
+    Key features, per-key River baselines, a population model shared by the partition's keys,
+    and the alert policy (episodes). See the module docstring for the contract.
+
+    Parameters
+    ----------
+    config
+        Hyperparameters; the defaults are the tuned ones (docs/detection.md).
+    feedback
+        Optional analyst feedback: an object with ``verdict(entity_type, entity, ts)``
+        returning None, ``"confirmed"``, ``"false_positive"`` or ``"allowlisted"``.
+
+    Examples
+    --------
+    >>> core = DetectionCore(DetectorConfig(warmup_events=5, warmup_seconds=0))
+    >>> alerts = []
+    >>> for i in range(400):
+    ...     alerts += core.process({"event_id": str(i), "ts": 1000.0 + 2 * i, "api_key": "bot",
+    ...         "prompt_tokens": 40, "completion_tokens": 900, "status": 200, "turn": 1,
+    ...         "cot_request": True, "topic": ("code", "math", "science", "reasoning")[i % 4],
+    ...         "prompt_simhash": format((i * 0x9E3779B97F4A7C15) % (1 << 64), "016x"),
+    ...         "logprobs": True, "temperature": (0.2, 0.7, 1.0)[i % 3]}, seq=i)
+    >>> alerts[0]["status"], alerts[0]["entity"], alerts[0]["reasons"][0]["feature"]
+    ('firing', 'bot', 'sampling_share')
+    >>> [a["status"] for a in core.advance(1000.0 + 800 + 4000)]
+    ['resolved']
+    """
+
+    def __init__(self, config: DetectorConfig | None = None, *, feedback=None) -> None:
+        self.config = cfg = config or DetectorConfig()
+        self.feedback = feedback
+        self.keys: dict[str, KeyState] = {}
+        self.population = PopulationModel(
+            n_trees=cfg.hst_trees, height=cfg.hst_height, window_size=cfg.hst_window, seed=cfg.seed
+        )
+        self.baseline = KeyBaseline(cfg.ph_delta, cfg.ph_threshold, cfg.ph_min_instances)
+        self.policy = EpisodeTracker(MODEL_VERSION)
+        self._open: dict[str, None] = {}
+        self._dirty: set[str] = set()
+        self._snapshots: list[dict] = []
+        self.snapshots_dropped = 0
+        self.evicted_total = 0
+        self.events_total = 0
+        self.duplicates_total = 0
+        self._last_sweep = 0.0
+        self._args = (cfg.share_alpha, cfg.dup_bits, cfg.template_bits, cfg.bloom_rotate)
+
+    # -- the per-event path ----------------------------------------------------------------
+    def process(self, event: dict, seq: int | None = None) -> list[dict]:
+        """Fold one validated event into its key; return the alerts it causes (often none)."""
+        k = event["api_key"]
+        ks = self.keys.get(k)
+        if ks is None:
+            ks = KeyState()
+            self.keys[k] = ks
+        elif seq is not None and seq <= ks.seq:
+            self.duplicates_total += 1
+            return []
+        if seq is not None:
+            ks.seq = seq
+        out: list[dict] = []
+        ts = event["ts"]
+        f = ks.f
+        cfg = self.config
+        if ks.ep_sev and ks.events and ts - f[F.F_LAST] > cfg.quiet_timeout:
+            out.append(self._resolve(k, ks, f[F.F_LAST]))
+        a = self._args
+        apply_event(ks, event, a[0], a[1], a[2], a[3])
+        self.events_total += 1
+        self._dirty.add(k)
+        if ks.ep_sev:
+            ks.ep_events += 1
+        ks.since_eval += 1
+        if ks.since_eval >= cfg.eval_every_events or ts - f[F.F_LAST_EVAL] >= cfg.eval_every_seconds:
+            self._evaluate(k, ks, event, out)
+        return out
+
+    # -- evaluation points -------------------------------------------------------------------
+    def _evaluate(self, k: str, ks: KeyState, event: dict, out: list[dict]) -> None:
+        cfg = self.config
+        f = ks.f
+        ts = f[F.F_LAST]
+        ks.since_eval = 0
+        f[F.F_LAST_EVAL] = ts
+        ks.evals += 1
+        pop = self.population
+        vec = direction_features(ks, pop.log_rate)
+        s_dir, contrib = scrape_score(vec, cfg.score_mix)
+        warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
+        flagged = ks.ep_sev > 0
+        thr = self._threshold(ks, ts)
+        # Score before learn; learn only from keys that are neither flagged nor near the line.
+        learn = warm and not flagged and s_dir < thr
+        hst = pop.score_then_learn(vec, s_dir, learn)
+        if learn:
+            pop.learn_rate(math.log1p(F.events_per_hour(ks)))
+        pw = cfg.population_weight
+        score = s_dir * (1.0 - pw + 2.0 * pw * hst) if hst > 0.0 else s_dir
+        score = min(max(score, 0.0), 1.0)
+        f[F.F_SCORE] = score
+        # The key's own baseline: upward Page-Hinkley over its direction score.
+        if warm and self.baseline.update(ks, s_dir):
+            f[F.F_DRIFT_TS] = ts
+        base = f[F.F_BASE]
+        f[F.F_BASE] = s_dir if ks.evals == 1 else base + 0.05 * (s_dir - base)
+        self._maybe_snapshot(k, ks, event, score, vec, ts)
+
+        verdict = None
+        if self.feedback is not None:
+            verdict = self.feedback.verdict("api_key", k, ts)
+        if verdict == "allowlisted":
+            if ks.ep_sev:
+                self._close_quietly(k, ks)
+            f[F.F_ABOVE] = 0.0
+            return
+        if verdict == "false_positive":
+            if ks.ep_sev:
+                self._close_quietly(k, ks)
+                f[F.F_ABOVE] = 0.0
+            f[F.F_FP_FLOOR] = cfg.fp_penalty
+            thr = self._threshold(ks, ts)
+        min_sev = 2 if verdict == "confirmed" else 1
+
+        if not warm:
+            return
+        if score >= thr:
+            f[F.F_ABOVE] += 1.0
+        else:
+            f[F.F_ABOVE] = 0.0
+        if ks.ep_sev == 0:
+            if f[F.F_ABOVE] >= cfg.confirm_evals or (verdict == "confirmed" and score >= thr):
+                drifted = f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
+                if drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
+                    det = _DET_DRIFT
+                elif hst >= 0.7:
+                    det = _DET_POP
+                else:
+                    det = _DET_SCRAPE
+                ks.ep_det = det
+                alert = self.policy.open_or_update(
+                    ks, k, score, thr, ts, det, self._reasons(ks, vec, contrib, det), min_sev
+                )
+                ks.ep_events = ks.events
+                if alert is not None:
+                    alert["window"]["events"] = ks.events
+                    out.append(alert)
+                self._open[k] = None
+            return
+        if score >= thr - cfg.resolve_margin:
+            f[F.F_BELOW_SINCE] = 0.0
+            if score >= thr or min_sev > 1:
+                alert = self.policy.open_or_update(
+                    ks, k, score, thr, ts, ks.ep_det, self._reasons(ks, vec, contrib, ks.ep_det), min_sev
+                )
+                if alert is not None:
+                    out.append(alert)
+            else:
+                f[F.F_EP_LAST] = ts
+        else:
+            if f[F.F_BELOW_SINCE] == 0.0:
+                f[F.F_BELOW_SINCE] = ts
+            elif ts - f[F.F_BELOW_SINCE] >= cfg.resolve_after and verdict != "confirmed":
+                out.append(self._resolve(k, ks, ts, vec, contrib))
+
+    def _threshold(self, ks: KeyState, ts: float) -> float:
+        cfg = self.config
+        f = ks.f
+        q = self.population.quantile(cfg.threshold_quantile) + cfg.threshold_margin
+        thr = min(max(q, cfg.threshold_floor), cfg.threshold_ceiling)
+        if f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory:
+            thr -= cfg.drift_bonus
+        return min(thr + f[F.F_FP_FLOOR], 0.99)
+
+    def _reasons(self, ks, vec, contrib, det) -> list[tuple[str, float, float, float]]:
+        pop = self.population
+        order = sorted(range(len(vec)), key=lambda i: (-contrib[i], i))[:4]
+        out = []
+        obs = raw_observations(ks)
+        for i in order:
+            if contrib[i] <= 0.0 and out:
+                break
+            name = FEATURES[i]
+            o, b = vec[i], pop.means[i]
+            if name == "rate":
+                o, b = obs["events_per_hour"], math.expm1(pop.log_rate)
+            elif name == "output_ratio":
+                o, b = obs["completion_prompt_ratio"], math.exp(b * 2.5)
+            out.append((name, o, b, contrib[i]))
+        if det == _DET_DRIFT:
+            out.append(("drift_score", vec and ks.f[F.F_SCORE], ks.f[F.F_BASE], 0.0))
+        return out
+
+    def _resolve(self, k, ks, ts, vec=None, contrib=None) -> dict:
+        if vec is None:
+            vec = direction_features(ks, self.population.log_rate)
+            _, contrib = scrape_score(vec, self.config.score_mix)
+        alert = self.policy.resolve(ks, k, ks.f[F.F_SCORE], ts, self._reasons(ks, vec, contrib, ks.ep_det))
+        ks.f[F.F_ABOVE] = 0.0
+        self._open.pop(k, None)
+        self._dirty.add(k)
+        return alert
+
+    def _close_quietly(self, k, ks) -> None:
+        ks.ep_sev = 0
+        ks.f[F.F_BELOW_SINCE] = 0.0
+        self._open.pop(k, None)
+
+    def _maybe_snapshot(self, k, ks, event, score, vec, ts) -> None:
+        cfg = self.config
+        f = ks.f
+        if ks.events < cfg.snapshot_min_events:
+            return
+        if f[F.F_LAST_SNAP] > 0 and ts - f[F.F_LAST_SNAP] < cfg.snapshot_every_seconds:
+            return
+        f[F.F_LAST_SNAP] = ts
+        if len(self._snapshots) >= 100_000:
+            self.snapshots_dropped += 1
+            return
+        feats = dict(zip(FEATURES, vec))
+        obs = raw_observations(ks)
+        tw = f[F.F_TOP_W]
+        for name, i in zip(("code_share", "math_share", "science_share", "reasoning_share"), _CAP_IDX):
+            feats[name] = f[i] / tw if tw > 0 else 0.0
+        for name in ("events_per_hour", "completion_prompt_ratio", "topic_entropy", "greedy_share", "repeat_share"):
+            feats[name] = obs[name]
+        asn = event.get("asn")
+        self._snapshots.append(
+            {
+                "api_key": k,
+                "ts": ts,
+                "first_ts": f[F.F_FIRST],
+                "events": ks.events,
+                "score": score,
+                "features": feats,
+                "groups": {
+                    "account": event.get("account_id"),
+                    "client_net": _client_net(event.get("client_ip")),
+                    "asn": str(asn) if asn is not None else None,
+                    "user_agent": event.get("user_agent"),
+                    "template": _template_bands(ks.ring),
+                },
+            }
+        )
+
+    # -- housekeeping --------------------------------------------------------------------------
+    def advance(self, now_ts: float) -> list[dict]:
+        """Event-time housekeeping: resolve quiet episodes, evict idle keys."""
+        cfg = self.config
+        out: list[dict] = []
+        keys = self.keys
+        if self._open:
+            for k in sorted(self._open):
+                ks = keys[k]
+                last = ks.f[F.F_LAST]
+                if now_ts - last > cfg.quiet_timeout:
+                    out.append(self._resolve(k, ks, last))
+        if now_ts - self._last_sweep >= max(cfg.idle_ttl / 8.0, 60.0):
+            self._last_sweep = now_ts
+            cutoff = now_ts - cfg.idle_ttl
+            stale = [k for k, ks in keys.items() if ks.f[F.F_LAST] < cutoff and not ks.ep_sev]
+            for k in stale:
+                del keys[k]
+                self._dirty.discard(k)
+            self.evicted_total += len(stale)
+        return out
+
+    # -- state transfer ------------------------------------------------------------------------
+    def export_key(self, api_key: str) -> bytes | None:
+        ks = self.keys.get(api_key)
+        return None if ks is None else encode_key(ks)
+
+    def import_key(self, api_key: str, blob: bytes) -> None:
+        ks = decode_key(blob)
+        self.keys[api_key] = ks
+        if ks.ep_sev:
+            self._open[api_key] = None
+        else:
+            self._open.pop(api_key, None)
+
+    def has_key(self, api_key: str) -> bool:
+        return api_key in self.keys
+
+    def dirty_keys(self) -> set[str]:
+        return set(self._dirty)
+
+    def clear_dirty(self) -> None:
+        self._dirty.clear()
+
+    def export_shared(self) -> bytes:
+        head = struct.pack(
+            "<4sqqqqd", _SHARED_MAGIC, self.evicted_total, self.events_total,
+            self.duplicates_total, self.snapshots_dropped, self._last_sweep,
+        )
+        return head + self.population.export_state()
+
+    def import_shared(self, blob: bytes) -> None:
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise ValueError("shared state must be bytes")
+        blob = bytes(blob)
+        n = struct.calcsize("<4sqqqqd")
+        if len(blob) < n or blob[:4] != _SHARED_MAGIC:
+            raise ValueError("not a moatwatch shared state (bad magic or too short)")
+        _, ev, et, dup, dropped, sweep = struct.unpack_from("<4sqqqqd", blob)
+        if min(ev, et, dup, dropped) < 0 or not math.isfinite(sweep):
+            raise ValueError("shared state holds invalid counters")
+        self.population.import_state(blob[n:])
+        self.evicted_total, self.events_total, self.duplicates_total = ev, et, dup
+        self.snapshots_dropped, self._last_sweep = dropped, sweep
+
+    def drain_member_snapshots(self) -> list[dict]:
+        out = self._snapshots
+        self._snapshots = []
+        return out
+
+    def stats(self) -> dict:
+        return {
+            "tracked_keys": len(self.keys),
+            "state_bytes": len(self.keys) * _KEY_BYTES + sum(map(len, self.keys)),
+            "open_episodes": len(self._open),
+            "evicted_total": self.evicted_total,
+            "events_total": self.events_total,
+            "scores": self.population.score_counts(),
+            "duplicates_total": self.duplicates_total,
+        }
+
+
+def _measure_key_bytes() -> int:
+    ks = KeyState()
+    ks.mask = (1 << 63) | 1
+    size = sys.getsizeof(ks) + sys.getsizeof(ks.f) + sys.getsizeof(ks.ring) + sys.getsizeof(ks.bloom)
+    size += sys.getsizeof(ks.mask)
+    return size + 100  # dict slot, key object header, dirty-set share
+
+
+_KEY_BYTES = _measure_key_bytes()

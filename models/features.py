@@ -1,0 +1,374 @@
+"""Per-key feature state, updated per event in event time, and the scrape-direction features.
+
+A key's features live in one ``array('d')`` (:data:`NF` doubles), a ring of recent prompt
+SimHashes and a two-generation Bloom filter of exact prompt hashes (see
+:class:`models.keymodel.KeyState`). :func:`apply_event` is the per-event hot path: a handful
+of float updates, no allocation beyond boxed floats, no River call. The direction features
+(:func:`direction_features`) are computed only at evaluation points.
+
+Shares are exponentially weighted over the events that *carry* the field (``w``/``s`` pairs):
+an event without ``cot_request`` leaves the cot share untouched, so a missing optional field
+never looks suspicious; a share with no evidence reads as 0 (toward benign).
+
+Direction
+---------
+Every feature is oriented so that a *larger* value is *more* like distillation-style
+harvesting (:data:`DIRECTION` spells out why). Drift is only scored upward on these axes:
+a key that goes quiet, shortens its outputs or turns into a multi-turn chat app moves *down*
+and can never fire because of that.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+__all__ = [
+    "DIRECTION",
+    "FEATURES",
+    "NF",
+    "TOPICS",
+    "apply_event",
+    "events_per_hour",
+    "direction_features",
+    "raw_observations",
+]
+
+TOPICS = ("chat", "writing", "code", "math", "science", "reasoning", "other")
+_TOPIC_INDEX = {t: i for i, t in enumerate(TOPICS)}
+#: Topics that carry the capabilities a distiller harvests.
+CAPABILITY_TOPICS = ("code", "math", "science", "reasoning")
+
+# --- float layout of KeyState.f ----------------------------------------------------------
+F_FIRST = 0  # event time of the key's first event
+F_LAST = 1  # latest event time seen
+F_LAST_EVAL = 2  # event time of the last evaluation point
+F_R5M = 3  # decayed event counts, tau = 5 min, 1 h, 24 h
+F_R1H = 4
+F_R24H = 5
+F_IA_M = 6  # EW mean / variance of log inter-arrival seconds
+F_IA_V = 7
+F_IA_W = 8  # how many inter-arrivals the two above have seen (capped)
+F_COT_W = 9
+F_COT_S = 10
+F_TOP_W = 11
+F_TOP0 = 12  # 7 topic weights, TOPICS order: 12..18
+F_TURN_W = 19
+F_SINGLE_S = 20
+F_SAMP_W = 21
+F_SAMP_S = 22
+F_TEMP_W = 23
+F_TEMP_M = 24
+F_TEMP_V = 25
+F_GREEDY_S = 26  # share of temperature == 0 among events that state a temperature
+F_RATIO = 27  # EW mean of log((completion+1)/(prompt+1))
+F_PLOG = 28  # EW mean of log(prompt+1)
+F_CLOG = 29  # EW mean of log(completion+1)
+F_SIM_W = 30
+F_DUP_S = 31  # near-duplicate or exact repeat of a recent prompt
+F_TMPL_S = 32  # same template family as a recent prompt, but a new prompt
+F_429 = 33
+F_PH_N = 34  # Page-Hinkley state of the key's own baseline (flyweight, models.keymodel)
+F_PH_MEAN = 35
+F_PH_SUM = 36
+F_PH_MIN = 37
+F_SCORE = 38  # last evaluated score
+F_EP_FIRST = 39  # open episode: first/last event time of its evidence
+F_EP_LAST = 40
+F_BELOW_SINCE = 41  # event time the score fell below the resolve level (0 = not below)
+F_FP_FLOOR = 42  # extra threshold after analyst false_positive feedback
+F_PEAK = 43  # peak score of the open episode
+F_LAST_SNAP = 44  # event time of the last member snapshot for campaign detection
+F_EP_TS = 45  # event_ts of the event that opened / last escalated the episode
+F_BASE = 46  # the key's own slow baseline of its direction score
+F_ABOVE = 47  # consecutive evaluations at or above the threshold
+F_DRIFT_TS = 48  # event time of the key's last upward Page-Hinkley drift
+NF = 49
+
+_TAU_5M = 300.0
+_TAU_1H = 3600.0
+_TAU_24H = 86400.0
+_MASK64 = (1 << 64) - 1
+_LOG_POISSON_SD = math.pi / math.sqrt(6.0)  # sd of log(Exp) inter-arrivals: 1.28
+
+#: Direction features, in vector order. All in [0, 1]; larger = more like harvesting.
+FEATURES = (
+    "cot_share",
+    "capability_share",
+    "capability_breadth",
+    "single_turn_share",
+    "output_ratio",
+    "novelty",
+    "template_share",
+    "sampling_share",
+    "temperature_spread",
+    "timing_regularity",
+    "duty_cycle",
+    "throttled_share",
+    "rate",
+)
+
+#: Why each feature points toward harvesting (the sign is always "higher = more suspicious").
+DIRECTION = {
+    "cot_share": "+ chain-of-thought requests buy the reasoning traces a student model needs",
+    "capability_share": "+ code/math/science/reasoning are the capabilities worth distilling",
+    "capability_breadth": "+ a sweep over several capability domains, not one product task",
+    "single_turn_share": "+ harvesting is one-shot; apps and agents hold conversations",
+    "output_ratio": "+ long completions for short prompts; batch/RAG/agents are the opposite",
+    "novelty": "+ new prompts every time; CI suites and eval re-runs repeat themselves",
+    "template_share": "+ generated prompts share a template (weak alone: batch jobs do too)",
+    "sampling_share": "+ logprobs / n>1 harvest the distribution, not just an answer",
+    "temperature_spread": "+ temperature sweeps collect diverse samples",
+    "timing_regularity": "+ machine-regular inter-arrivals (scale-free: log-gap spread)",
+    "duty_cycle": "+ flat activity, minute after minute",
+    "throttled_share": "+ pinned at the rate limit (429s)",
+    "rate": "+ volume above the population's typical key",
+}
+
+
+def apply_event(ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom_cap: int) -> None:
+    """Fold one validated QueryEvent v1 into the key state (per-event hot path).
+
+    ``alpha`` is the event-count EW rate of the shares; ``dup_bits`` / ``tmpl_bits`` are the
+    SimHash Hamming distances under which a prompt counts as a near-duplicate / a member of a
+    recent template family; ``bloom_cap`` is the insert count after which the Bloom filter
+    rotates its generations.
+    """
+    f = ks.f
+    d = 1.0 - alpha
+    ts = ev["ts"]
+    n_ev = ks.events
+    if n_ev == 0:
+        f[F_FIRST] = ts
+        f[F_LAST] = ts
+        f[F_LAST_EVAL] = ts
+        ks.last_min = int(ts // 60.0)
+        ks.mask = 1
+        f[F_R5M] = 1.0
+        f[F_R1H] = 1.0
+        f[F_R24H] = 1.0
+    else:
+        last = f[F_LAST]
+        dt = ts - last
+        if dt > 0.0:
+            exp = math.exp
+            f[F_R5M] = f[F_R5M] * exp(-dt / _TAU_5M) + 1.0
+            f[F_R1H] = f[F_R1H] * exp(-dt / _TAU_1H) + 1.0
+            f[F_R24H] = f[F_R24H] * exp(-dt / _TAU_24H) + 1.0
+            f[F_LAST] = ts
+            # Regularity on the log scale is scale-free: a bot at 1/s and one at 1/min
+            # both have a tiny spread; Poisson arrivals have sd 1.28 whatever the rate.
+            lg = math.log(dt if dt > 0.05 else 0.05)
+            w = f[F_IA_W]
+            if w < 1.0:
+                f[F_IA_M] = lg
+                f[F_IA_V] = 0.0
+            else:
+                a = 1.0 / (w + 1.0) if w < 31.0 else 0.03125
+                diff = lg - f[F_IA_M]
+                f[F_IA_M] += a * diff
+                f[F_IA_V] = (1.0 - a) * (f[F_IA_V] + a * diff * diff)
+            if w < 1000.0:
+                f[F_IA_W] = w + 1.0
+            m = int(ts // 60.0)
+            shift = m - ks.last_min
+            if shift > 0:
+                ks.mask = ((ks.mask << shift) & _MASK64) | 1 if shift < 64 else 1
+                ks.last_min = m
+        else:
+            # Same second or out of order: counts still grow, clocks do not go backwards.
+            f[F_R5M] += 1.0
+            f[F_R1H] += 1.0
+            f[F_R24H] += 1.0
+    ks.events = n_ev + 1
+
+    pt = ev["prompt_tokens"]
+    ct = ev["completion_tokens"]
+    nsamp = ev.get("n")
+    if nsamp is not None and nsamp > 1:
+        ct = ct / nsamp  # completion_tokens sums the n samples: compare one answer
+    lr = math.log((ct + 1.0) / (pt + 1.0))
+    lp = math.log(pt + 1.0)
+    lc = math.log(ct + 1.0)
+    if n_ev == 0:
+        f[F_RATIO] = lr
+        f[F_PLOG] = lp
+        f[F_CLOG] = lc
+    else:
+        a = 1.0 / (n_ev + 1.0) if n_ev * alpha < 1.0 else alpha
+        f[F_RATIO] += a * (lr - f[F_RATIO])
+        f[F_PLOG] += a * (lp - f[F_PLOG])
+        f[F_CLOG] += a * (lc - f[F_CLOG])
+    f[F_429] = f[F_429] * d + (alpha if ev["status"] == 429 else 0.0)
+
+    v = ev.get("cot_request")
+    if v is not None:
+        f[F_COT_W] = f[F_COT_W] * d + 1.0
+        f[F_COT_S] = f[F_COT_S] * d + (1.0 if v else 0.0)
+
+    v = ev.get("topic")
+    if v is not None:
+        ti = _TOPIC_INDEX.get(v)
+        if ti is not None:
+            f[F_TOP_W] = f[F_TOP_W] * d + 1.0
+            for i in range(F_TOP0, F_TOP0 + 7):
+                f[i] *= d
+            f[F_TOP0 + ti] += 1.0
+
+    v = ev.get("turn")
+    if v is not None:
+        f[F_TURN_W] = f[F_TURN_W] * d + 1.0
+        f[F_SINGLE_S] = f[F_SINGLE_S] * d + (1.0 if v == 1 else 0.0)
+
+    lp_ = ev.get("logprobs")
+    if lp_ is not None or nsamp is not None or "top_logprobs" in ev:
+        samp = bool(lp_) or (nsamp is not None and nsamp > 1) or bool(ev.get("top_logprobs"))
+        f[F_SAMP_W] = f[F_SAMP_W] * d + 1.0
+        f[F_SAMP_S] = f[F_SAMP_S] * d + (1.0 if samp else 0.0)
+
+    v = ev.get("temperature")
+    if v is not None:
+        w = f[F_TEMP_W]
+        f[F_TEMP_W] = w * d + 1.0
+        f[F_GREEDY_S] = f[F_GREEDY_S] * d + (1.0 if v == 0.0 else 0.0)
+        if w == 0.0:
+            f[F_TEMP_M] = v
+        else:
+            a = 1.0 / (w + 1.0) if w * alpha < 1.0 else alpha
+            diff = v - f[F_TEMP_M]
+            f[F_TEMP_M] += a * diff
+            f[F_TEMP_V] = (1.0 - a) * (f[F_TEMP_V] + a * diff * diff)
+
+    v = ev.get("prompt_simhash")
+    if v is not None:
+        h = int(v, 16)
+        ring = ks.ring
+        best = 64
+        for r in ring:
+            if r:
+                x = (h ^ r).bit_count()
+                if x < best:
+                    best = x
+        bloom = ks.bloom
+        p1 = h & 1023
+        p2 = (h >> 10) & 1023
+        p3 = (h >> 20) & 1023
+        seen = False
+        for base in (0, 128):
+            if (
+                bloom[base + (p1 >> 3)] >> (p1 & 7) & 1
+                and bloom[base + (p2 >> 3)] >> (p2 & 7) & 1
+                and bloom[base + (p3 >> 3)] >> (p3 & 7) & 1
+            ):
+                seen = True
+                break
+        dup = seen or best <= dup_bits
+        f[F_SIM_W] = f[F_SIM_W] * d + 1.0
+        f[F_DUP_S] = f[F_DUP_S] * d + (1.0 if dup else 0.0)
+        f[F_TMPL_S] = f[F_TMPL_S] * d + (1.0 if (not dup and best <= tmpl_bits) else 0.0)
+        if not seen:
+            cur = 128 * ks.bloom_gen
+            bloom[cur + (p1 >> 3)] |= 1 << (p1 & 7)
+            bloom[cur + (p2 >> 3)] |= 1 << (p2 & 7)
+            bloom[cur + (p3 >> 3)] |= 1 << (p3 & 7)
+            ks.bloom_n += 1
+            if ks.bloom_n >= bloom_cap:
+                # Rotate: the older generation is cleared and becomes the current one.
+                ks.bloom_gen ^= 1
+                cur = 128 * ks.bloom_gen
+                bloom[cur : cur + 128] = bytes(128)
+                ks.bloom_n = 0
+        if best > dup_bits or not seen:
+            pos = ks.ring_pos
+            ring[pos] = h
+            ks.ring_pos = (pos + 1) & 7
+
+
+def _share(f, w_i: int, s_i: int) -> float:
+    w = f[w_i]
+    return f[s_i] / w if w > 1e-9 else 0.0
+
+
+def events_per_hour(ks) -> float:
+    """The key's decayed 1-hour rate, corrected for keys younger than an hour."""
+    f = ks.f
+    age = max(f[F_LAST] - f[F_FIRST], 1.0)
+    return f[F_R1H] / (1.0 - math.exp(-(age + 60.0) / _TAU_1H))
+
+
+def raw_observations(ks) -> dict[str, float]:
+    """Human-scale observations of a key (for reasons and campaign snapshots)."""
+    f = ks.f
+    age = max(f[F_LAST] - f[F_FIRST], 1.0)
+    norm1h = 1.0 - math.exp(-(age + 60.0) / _TAU_1H)
+    tw = f[F_TOP_W]
+    return {
+        "events_per_hour": f[F_R1H] / norm1h if norm1h > 0 else 0.0,
+        "events_per_min_5m": f[F_R5M] / (_TAU_5M / 60.0) / (1.0 - math.exp(-(age + 30.0) / _TAU_5M)),
+        "completion_prompt_ratio": math.exp(f[F_RATIO]),
+        "prompt_tokens": math.exp(f[F_PLOG]) - 1.0,
+        "completion_tokens": math.exp(f[F_CLOG]) - 1.0,
+        "greedy_share": _share(f, F_TEMP_W, F_GREEDY_S),
+        "repeat_share": _share(f, F_SIM_W, F_DUP_S),
+        "topic_entropy": _entropy([f[F_TOP0 + i] / tw for i in range(7)]) / math.log(7) if tw > 1e-9 else 0.0,
+    }
+
+
+def _entropy(ps) -> float:
+    h = 0.0
+    for p in ps:
+        if p > 1e-12:
+            h -= p * math.log(p)
+    return h
+
+
+def direction_features(ks, pop_log_rate: float) -> list[float]:
+    """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
+
+    ``pop_log_rate`` is the population's typical log events/hour: the rate feature is
+    relative to it, so it scales with the deployment rather than with a constant.
+    """
+    f = ks.f
+    cot = _share(f, F_COT_W, F_COT_S)
+    tw = f[F_TOP_W]
+    if tw > 1e-9:
+        caps = [f[F_TOP0 + _TOPIC_INDEX[t]] / tw for t in CAPABILITY_TOPICS]
+        cap_share = sum(caps)
+        if cap_share > 1e-9:
+            eff = math.exp(_entropy([c / cap_share for c in caps]))  # 1..4 domains
+            breadth = (eff - 1.0) / 3.0 * cap_share
+        else:
+            breadth = 0.0
+    else:
+        cap_share = 0.0
+        breadth = 0.0
+    single = _share(f, F_TURN_W, F_SINGLE_S)
+    ratio = f[F_RATIO]
+    ratio_t = min(max(ratio / 2.5, 0.0), 1.0)  # 1 at >= ~12x output/prompt, 0 at <= 1x
+    sim_w = f[F_SIM_W]
+    if sim_w > 1e-9:
+        novelty = 1.0 - f[F_DUP_S] / sim_w
+        tmpl = f[F_TMPL_S] / sim_w
+    else:
+        novelty = 0.0
+        tmpl = 0.0
+    samp = _share(f, F_SAMP_W, F_SAMP_S)
+    temp_sd = math.sqrt(f[F_TEMP_V]) if f[F_TEMP_W] > 2.0 else 0.0
+    temp_t = min(temp_sd / 0.3, 1.0)
+    iw = f[F_IA_W]
+    if iw >= 8.0:
+        reg = 1.0 - math.sqrt(f[F_IA_V]) / _LOG_POISSON_SD
+        reg = min(max(reg, 0.0), 1.0)
+    else:
+        reg = 0.0
+    span_min = ks.last_min - int(f[F_FIRST] // 60.0) + 1
+    duty = ks.mask.bit_count() / (span_min if span_min < 64 else 64) if span_min >= 10 else 0.0
+    thr = min(f[F_429] * 4.0, 1.0)
+    rate_t = math.log1p(events_per_hour(ks)) - pop_log_rate
+    rate_t = min(max(rate_t / 3.0, 0.0), 1.0)  # 1 at ~20x the population's typical rate
+    return [cot, cap_share, breadth, single, ratio_t, novelty, tmpl, samp, temp_t, reg, duty, thr, rate_t]
+
+
+def new_float_state() -> array:
+    """A zeroed float state for a new key."""
+    return array("d", bytes(8 * NF))

@@ -1,0 +1,263 @@
+"""Scoring of a key's direction vector and the alert policy (episodes).
+
+:func:`scrape_score` combines the direction features (:data:`models.features.FEATURES`) into
+one score in [0, 1]. It is an *evidence combination*, not a rule: no single tell can carry a
+key over the threshold, because the score is a product of three groups,
+
+* **content** - what is asked: chain-of-thought, capability topics, breadth over capability
+  domains, single-turn, long outputs for short prompts, novel prompts;
+* **extraction** - how it is sampled: logprobs / n > 1, temperature spread, templated
+  generation;
+* **automation** - how it arrives: machine-regular timing, flat duty cycle, 429s, volume
+  above the population,
+
+each a weighted mean, combined as ``content * (c0 + c1 * extraction + c2 * automation)``:
+content is necessary (batch jobs, CI suites and agents are automated but ask for the wrong
+thing), and extraction or automation must add to it (a human asking the odd math question is
+content-heavy but neither).
+
+:class:`EpisodeTracker` turns scores into Alert v1 dicts: warm-up, adaptive threshold,
+confirmation over consecutive evaluations, open / escalate / resolve, deterministic ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from models import features as F
+from models.features import FEATURES
+
+__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "scrape_score"]
+
+DETECTORS = ("key_scrape", "key_population", "key_drift")
+SEVERITIES = ("info", "warning", "critical")
+
+_IDX = {n: i for i, n in enumerate(FEATURES)}
+
+#: (feature, weight) of each evidence group.
+CONTENT = (
+    ("cot_share", 1.3),
+    ("capability_share", 0.8),
+    ("capability_breadth", 1.3),
+    ("single_turn_share", 0.6),
+    ("output_ratio", 1.0),
+    ("novelty", 1.0),
+)
+EXTRACTION = (
+    ("sampling_share", 1.0),
+    ("temperature_spread", 1.0),
+    ("template_share", 0.5),
+)
+AUTOMATION = (
+    ("timing_regularity", 1.0),
+    ("duty_cycle", 0.7),
+    ("throttled_share", 0.8),
+    ("rate", 1.0),
+)
+_GROUPS = (CONTENT, EXTRACTION, AUTOMATION)
+_GROUP_IDX = tuple(tuple((_IDX[n], w) for n, w in g) for g in _GROUPS)
+_GROUP_W = tuple(sum(w for _, w in g) for g in _GROUPS)
+
+
+def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[float, list[float]]:
+    """Combine a direction vector into a score and per-feature contributions.
+
+    Parameters
+    ----------
+    vec
+        Direction features in FEATURES order, each in [0, 1].
+    mix
+        ``(c0, c1, c2)``: ``score = content * (c0 + c1*extraction + c2*automation)``; they
+        should sum to 1 so the score stays in [0, 1].
+
+    Returns
+    -------
+    score, contributions
+        ``contributions[i]`` is feature i's share of the score (they sum to 1 when score > 0).
+
+    Examples
+    --------
+    >>> harvest = [0.9, 0.9, 0.8, 1.0, 0.9, 1.0, 0.5, 0.8, 0.7, 0.9, 0.9, 0.3, 0.8]
+    >>> chat = [0.05, 0.2, 0.1, 0.3, 0.3, 0.9, 0.0, 0.0, 0.0, 0.1, 0.2, 0.0, 0.1]
+    >>> round(scrape_score(harvest, (0.4, 0.3, 0.3))[0], 2), round(scrape_score(chat, (0.4, 0.3, 0.3))[0], 2)
+    (0.75, 0.12)
+    """
+    g = []
+    for idx, tot in zip(_GROUP_IDX, _GROUP_W):
+        s = 0.0
+        for i, w in idx:
+            s += w * vec[i]
+        g.append(s / tot)
+    content, extraction, automation = g
+    c0, c1, c2 = mix
+    boost = c0 + c1 * extraction + c2 * automation
+    score = content * boost
+    contrib = [0.0] * len(vec)
+    if score > 0.0:
+        # Shares: content features split the c0 part and their weight of the rest; the other
+        # groups split their own part. Exact attribution of a product is not unique; this
+        # one is stable and sums to 1.
+        parts_content = content * c0
+        parts_extr = content * c1 * extraction
+        parts_auto = content * c2 * automation
+        for (i, w) in _GROUP_IDX[0]:
+            contrib[i] = parts_content * (w * vec[i] / _GROUP_W[0]) / content if content > 0 else 0.0
+        for part, grp, gi in ((parts_extr, extraction, 1), (parts_auto, automation, 2)):
+            if grp > 0:
+                for (i, w) in _GROUP_IDX[gi]:
+                    contrib[i] = part * (w * vec[i] / _GROUP_W[gi]) / grp
+        tot = sum(contrib)
+        if tot > 0:
+            contrib = [c / tot for c in contrib]
+    return min(max(score, 0.0), 1.0), contrib
+
+
+def alert_id(entity_type: str, entity: str, detector: str, episode_seq: int) -> str:
+    """Deterministic id of one episode: same episode, same id, in replay and live.
+
+    Examples
+    --------
+    >>> alert_id("api_key", "k1", "key_scrape", 1)
+    'c9d5330f30e9c35a5995eabd1c400936'
+    >>> len(alert_id("api_key", "k1", "key_scrape", 2))
+    32
+    """
+    s = f"{entity_type}|{entity}|{detector}|{episode_seq}".encode()
+    return hashlib.blake2b(s, digest_size=16).hexdigest()
+
+
+_EXPLAIN = {
+    "cot_share": "cot_request share {o:.2f} vs population {b:.2f}",
+    "capability_share": "code/math/science/reasoning share {o:.2f} vs population {b:.2f}",
+    "capability_breadth": "breadth over code/math/science/reasoning {o:.2f} vs population {b:.2f}",
+    "single_turn_share": "single-turn share {o:.2f} vs population {b:.2f}",
+    "output_ratio": "completion/prompt tokens {o:.1f}x vs population {b:.1f}x",
+    "novelty": "never-seen prompt share {o:.2f} vs population {b:.2f}",
+    "template_share": "templated-prompt share {o:.2f} vs population {b:.2f}",
+    "sampling_share": "logprobs or n>1 share {o:.2f} vs population {b:.2f}",
+    "temperature_spread": "temperature spread {o:.2f} (scaled) vs population {b:.2f}",
+    "timing_regularity": "inter-arrival regularity {o:.2f} vs population {b:.2f}",
+    "duty_cycle": "active-minute share {o:.2f} vs population {b:.2f}",
+    "throttled_share": "rate-limited (429) share {o:.2f} (scaled) vs population {b:.2f}",
+    "rate": "{o:.0f} events/hour vs population typical {b:.0f}",
+}
+
+
+def explain(name: str, observed: float, baseline: float) -> str:
+    return _EXPLAIN[name].format(o=observed, b=baseline)
+
+
+def ratio_from_feature(x: float) -> float:
+    """Invert the output_ratio feature scaling back to a completion/prompt ratio."""
+    return math.exp(x * 2.5)
+
+
+class EpisodeTracker:
+    """Turns a key's successive scores into firing / resolved Alert v1 dicts.
+
+    The episode state lives in the key's :class:`~models.keymodel.KeyState` (ints and floats),
+    so it is exported and restored with the key. An episode of key K is numbered by K's
+    episode count; its ``alert_id`` hashes (entity_type, K, detector, number), so firing,
+    escalation and the final resolved message share one id.
+
+    Examples
+    --------
+    >>> from models.keymodel import KeyState
+    >>> t = EpisodeTracker(model_version="t")
+    >>> ks = KeyState(); ks.f[F.F_FIRST] = 0.0; ks.events = 50
+    >>> a = t.open_or_update(ks, "k", 0.8, 0.5, 100.0, 0, [("cot_share", 0.9, 0.1, 1.0)], 2)
+    >>> a["status"], a["severity"], a["alert_id"] == alert_id("api_key", "k", "key_scrape", 1)
+    ('firing', 'critical', True)
+    >>> t.open_or_update(ks, "k", 0.8, 0.5, 110.0, 0, [("cot_share", 0.9, 0.1, 1.0)], 2) is None
+    True
+    >>> t.resolve(ks, "k", 0.1, 200.0, [("cot_share", 0.1, 0.1, 1.0)])["status"]
+    'resolved'
+    """
+
+    def __init__(self, model_version: str) -> None:
+        self.model_version = model_version
+
+    @staticmethod
+    def severity_for(score: float, threshold: float) -> int:
+        if score >= threshold + 0.2 or score >= 0.95:
+            return 3
+        if score >= threshold + 0.1:
+            return 2
+        return 1
+
+    def open_or_update(
+        self,
+        ks,
+        api_key: str,
+        score: float,
+        threshold: float,
+        ts: float,
+        detector: int,
+        reasons: list[tuple[str, float, float, float]],
+        min_severity: int,
+    ) -> dict | None:
+        """Open an episode or escalate it; return the firing alert, or None (dedup)."""
+        f = ks.f
+        sev = max(self.severity_for(score, threshold), min_severity)
+        if ks.ep_sev == 0:
+            ks.ep_seq += 1
+            ks.ep_sev = sev
+            ks.ep_det = detector
+            ks.ep_events = 0
+            f[F.F_EP_FIRST] = f[F.F_FIRST] if ks.events < 200 else max(f[F.F_FIRST], ts - 3600.0)
+            f[F.F_EP_LAST] = ts
+            f[F.F_EP_TS] = ts
+            f[F.F_PEAK] = score
+            f[F.F_BELOW_SINCE] = 0.0
+            return self._alert(ks, api_key, "firing", sev, score, ts, reasons)
+        f[F.F_EP_LAST] = ts
+        if score > f[F.F_PEAK]:
+            f[F.F_PEAK] = score
+        if sev > ks.ep_sev:
+            ks.ep_sev = sev
+            f[F.F_EP_TS] = ts
+            return self._alert(ks, api_key, "firing", sev, score, ts, reasons)
+        return None
+
+    def resolve(self, ks, api_key: str, score: float, ts: float, reasons) -> dict:
+        """Close the open episode; return its resolved alert."""
+        sev = ks.ep_sev
+        a = self._alert(ks, api_key, "resolved", sev, score, ts, reasons)
+        ks.ep_sev = 0
+        ks.f[F.F_BELOW_SINCE] = 0.0
+        return a
+
+    def _alert(self, ks, api_key, status, sev, score, ts, reasons) -> dict:
+        f = ks.f
+        det = DETECTORS[ks.ep_det]
+        return {
+            "alert_id": alert_id("api_key", api_key, det, ks.ep_seq),
+            "schema_version": 1,
+            "entity_type": "api_key",
+            "entity": api_key,
+            "status": status,
+            "severity": SEVERITIES[sev - 1],
+            "score": round(min(max(score, 0.0), 1.0), 4),
+            "event_ts": ts,
+            "detected_at": 0.0,
+            "window": {
+                "first_ts": f[F.F_EP_FIRST],
+                "last_ts": f[F.F_EP_LAST] if f[F.F_EP_LAST] >= f[F.F_EP_FIRST] else f[F.F_EP_FIRST],
+                "events": int(ks.ep_events),
+            },
+            "reasons": [
+                {
+                    "feature": name,
+                    "observed": round(obs, 4),
+                    "baseline": round(base, 4),
+                    "contribution": round(min(max(c, 0.0), 1.0), 4),
+                    "explanation": explain(name, obs, base),
+                }
+                for name, obs, base, c in reasons
+            ],
+            "detector": det,
+            "model_version": self.model_version,
+            "related_entities": [],
+            "related_total": 0,
+        }
