@@ -121,11 +121,11 @@ class Worker:
                                         value_serializer="raw", partitions=1, internal=True)
         self.alerts_topic = app.topic(s.alerts_topic, key_serializer="raw", value_serializer="raw")
         self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
-        self.key_state = app.Table("key-state", key_serializer="raw", value_serializer="raw",
-                                   partitions=self.partitions, default=None)
-        self.partition_state = app.Table("partition-state", key_serializer="raw",
-                                         value_serializer="raw", partitions=self.partitions,
-                                         default=None)
+        raw = faust.Schema(key_serializer="raw", value_serializer="raw")
+        self.key_state = app.Table("key-state", schema=raw, partitions=self.partitions,
+                                   default=None)
+        self.partition_state = app.Table("partition-state", schema=raw,
+                                         partitions=self.partitions, default=None)
         both = app.topic(s.events_topic, f"{s.app_id}-events-rekeyed", key_serializer="raw",
                          value_serializer="raw", partitions=self.partitions)
         app.agent(both, name="detect")(self._detect_agent)
