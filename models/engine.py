@@ -419,7 +419,7 @@ class DetectionCore:
                 o, b = obs["completion_prompt_ratio"], math.exp(b * 2.5)
             out.append((name, o, b, contrib[i]))
         if det == _DET_DRIFT:
-            out.append(("drift_score", vec and ks.f[F.F_SCORE], ks.f[F.F_BASE], 0.0))
+            out.append(("drift_score", ks.f[F.F_SCORE], ks.f[F.F_BASE], 0.0))
         return out
 
     def _resolve(self, k, ks, ts, vec=None, contrib=None) -> dict:

@@ -141,6 +141,7 @@ _EXPLAIN = {
     "duty_cycle": "active-minute share {o:.2f} vs population {b:.2f}",
     "throttled_share": "rate-limited (429) share {o:.2f} (scaled) vs population {b:.2f}",
     "rate": "{o:.0f} events/hour vs population typical {b:.0f}",
+    "drift_score": "score rose to {o:.2f} from the key's own baseline {b:.2f}",
 }
 
 
