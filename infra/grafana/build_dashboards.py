@@ -93,6 +93,14 @@ def single(title: str, desc: str, unit: str, query: prometheus.Dataquery, *,
     return targets(p, query)
 
 
+def tag_filter(tags: list[str]) -> dashboard.AnnotationTarget:
+    """Annotation target "annotations with these tags" of Grafana's built-in datasource."""
+    b = dashboard.AnnotationTarget().limit(500).match_any(False).tags(tags)
+    # The 11.6 builder has no setter for target.type, which Grafana needs to be "tags".
+    b._internal.type_val = "tags"
+    return b
+
+
 def rate(metric: str, extra: str = "") -> str:
     labels = SEL + (f",{extra}" if extra else "")
     return f"rate({metric}{{{labels}}}[$__rate_interval])"
@@ -125,6 +133,13 @@ def overview() -> dashboard.Dashboard:
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .multi(True).include_all(True).all_value(".*")
             .current(VariableOption(selected=True, text="All", value="$__all")))
+        .annotation(
+            # What `moatwatch grafana annotate` writes: one annotation per alert, tagged moatwatch.
+            dashboard.AnnotationQuery().name("moatwatch alerts")
+            .datasource(DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .enable(True).icon_color("red")
+            .type("tags")
+            .target(tag_filter(["moatwatch"])))
         .link(dashboard.DashboardLink("Runbook").url(RUNBOOK).target_blank(True)
               .type(dashboard_link_type()))
     )
