@@ -1,0 +1,94 @@
+"""`moatwatch replay` and the CLI: dead letters to a file, clear errors, the same alerts twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from streams.cli import main
+from streams.replay import ReplayError, replay
+
+GOOD = {"event_id": "e1", "ts": 1767571200.0, "api_key": "k1", "prompt_tokens": 12,
+        "completion_tokens": 340, "status": 200}
+
+
+def _events(n: int = 300) -> list[bytes]:
+    out = []
+    for i in range(n):
+        out.append(orjson.dumps({**GOOD, "event_id": f"e{i}", "ts": GOOD["ts"] + i * 7.0,
+                                 "api_key": f"k{i % 5}", "topic": ["math", "code", "science", "reasoning"][i % 4],
+                                 "cot_request": i % 3 != 0, "turn": 1,
+                                 "prompt_simhash": f"{(i * 2654435761) & 0xFFFFFFFFFFFFFFFF:016x}"}))
+    return out
+
+
+def test_replay_dead_letters_bad_lines_and_keeps_going(tmp_path):
+    lines = _events()
+    bad = [b"{oops", b"[]", b'{"event_id":"x"}', b"\xff\xfe"]
+    mixed = lines[:100] + bad + lines[100:]
+    src = tmp_path / "events.jsonl"
+    src.write_bytes(b"\n".join(mixed) + b"\n")
+    out = tmp_path / "alerts.jsonl"
+    summary = replay(str(src), str(out), progress=False)
+    assert summary.events == len(lines) and summary.invalid == len(bad)
+    dead = [orjson.loads(x) for x in (tmp_path / "alerts.dlq.jsonl").read_bytes().splitlines()]
+    assert [d["source"]["line"] for d in dead] == [101, 102, 103, 104]
+    assert {d["reason"] for d in dead} == {"invalid_json", "not_object", "missing_field", "not_utf8"}
+
+    # the good events' alerts do not depend on the bad lines
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes(b"\n".join(lines) + b"\n")
+    out2 = tmp_path / "alerts2.jsonl"
+    replay(str(clean), str(out2), progress=False)
+    ids = lambda p: [orjson.loads(x)["alert_id"] for x in p.read_bytes().splitlines()]  # noqa: E731
+    assert ids(out) == ids(out2)
+
+
+def test_replay_missing_input_is_a_clear_error(tmp_path):
+    with pytest.raises(ReplayError, match="does not exist"):
+        replay(str(tmp_path / "nope.jsonl"), str(tmp_path / "a.jsonl"))
+    rc = main(["replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "a.jsonl")])
+    assert rc == 2
+
+
+def test_replay_reads_gzip(tmp_path):
+    import gzip
+
+    src = tmp_path / "events.jsonl.gz"
+    with gzip.open(src, "wb") as fh:
+        fh.write(b"\n".join(_events(50)) + b"\n")
+    s = replay(str(src), str(tmp_path / "a.jsonl"), progress=False)
+    assert s.events == 50
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["replay"], "required"),
+    (["produce", "x.jsonl", "--rate", "-3"], "must be 0 or more"),
+    (["alerts", "--timeout", "zero"], "is not a number"),
+    (["simulate", "--hours", "0", "--out", "a", "--truth", "b"], "greater than 0"),
+    (["feedback", "maybe", "--entity", "k"], "invalid choice"),
+])
+def test_bad_command_lines_say_what_to_fix(argv, needle):
+    out = subprocess.run([sys.executable, "-m", "streams.cli", *argv], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert needle in out.stderr
+
+
+def test_bad_environment_says_which_variable(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "replay", "x", "--out", "y"],
+                         capture_output=True, text=True,
+                         env={"MOATWATCH_WEB_PORT": "abc", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2
+    assert "MOATWATCH_WEB_PORT" in out.stderr
+
+
+def test_worker_help_lists_the_settings():
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0
+    for var in ("MOATWATCH_BOOTSTRAP", "MOATWATCH_WEB_PORT", "MOATWATCH_EVENTS_TOPIC",
+                "MOATWATCH_ALERTS_TOPIC", "MOATWATCH_DLQ_TOPIC", "MOATWATCH_APP_ID"):
+        assert var in out.stdout
