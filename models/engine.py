@@ -39,7 +39,8 @@ since the last call. A key emits at most one per evaluation point, and at most o
      "events": int,          # events of the key so far
      "score": float,         # the key's distillation score 0..1 at this evaluation
      "features": {name: float, ...},   # direction features (models.features.FEATURES, each 0..1,
-                             # larger = more like harvesting) plus events_per_hour,
+                             # larger = more like harvesting; a feature whose field the key's
+                             # gateway does not send is omitted) plus events_per_hour,
                              # completion_prompt_ratio, code/math/science/reasoning_share,
                              # topic_entropy, greedy_share, repeat_share
      "groups": {"account": str | None, "client_net": str | None,   # /24 IPv4, /48 IPv6
@@ -141,12 +142,12 @@ class DetectorConfig:
     warmup_events: int = 20
     warmup_seconds: float = 120.0
     share_alpha: float = 1.0 / 32.0
-    dup_bits: int = 3
+    dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
-    score_mix: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    score_mix: tuple[float, float, float] = (0.55, 0.25, 0.2)
     population_weight: float = 0.3
-    threshold_floor: float = 0.5
+    threshold_floor: float = 0.4
     threshold_ceiling: float = 0.75
     threshold_quantile: float = 0.995
     threshold_margin: float = 0.05
@@ -409,8 +410,8 @@ class DetectionCore:
         out = []
         obs = raw_observations(ks)
         for i in order:
-            if contrib[i] <= 0.0 and out:
-                break
+            if (contrib[i] <= 0.0 and out) or vec[i] != vec[i]:
+                continue
             name = FEATURES[i]
             o, b = vec[i], pop.means[i]
             if name == "rate":
@@ -448,12 +449,12 @@ class DetectionCore:
         if len(self._snapshots) >= 100_000:
             self.snapshots_dropped += 1
             return
-        feats = dict(zip(FEATURES, vec))
+        feats = {n: v for n, v in zip(FEATURES, vec) if v == v}  # unknown features omitted
         obs = raw_observations(ks)
         tw = f[F.F_TOP_W]
         for name, i in zip(("code_share", "math_share", "science_share", "reasoning_share"), _CAP_IDX):
             feats[name] = f[i] / tw if tw > 0 else 0.0
-        for name in ("events_per_hour", "completion_prompt_ratio", "topic_entropy", "greedy_share", "repeat_share"):
+        for name in ("events_per_hour", "completion_prompt_ratio", "topic_entropy", "repeat_share"):
             feats[name] = obs[name]
         asn = event.get("asn")
         self._snapshots.append(

@@ -83,7 +83,12 @@ F_EP_TS = 45  # event_ts of the event that opened / last escalated the episode
 F_BASE = 46  # the key's own slow baseline of its direction score
 F_ABOVE = 47  # consecutive evaluations at or above the threshold
 F_DRIFT_TS = 48  # event time of the key's last upward Page-Hinkley drift
-NF = 49
+F_OK_W = 49  # successful (2xx) responses behind the token means (capped count)
+F_HARV_W = 50  # answered requests, decayed
+F_HARV_S = 51  # ... that look like one harvest: first turn, capability topic, long answer
+NF = 52
+_CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
+_LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
 _TAU_5M = 300.0
 _TAU_1H = 3600.0
@@ -93,6 +98,7 @@ _LOG_POISSON_SD = math.pi / math.sqrt(6.0)  # sd of log(Exp) inter-arrivals: 1.2
 
 #: Direction features, in vector order. All in [0, 1]; larger = more like harvesting.
 FEATURES = (
+    "harvest_share",
     "cot_share",
     "capability_share",
     "capability_breadth",
@@ -100,6 +106,7 @@ FEATURES = (
     "output_ratio",
     "novelty",
     "template_share",
+    "sampled_decoding",
     "sampling_share",
     "temperature_spread",
     "timing_regularity",
@@ -110,6 +117,8 @@ FEATURES = (
 
 #: Why each feature points toward harvesting (the sign is always "higher = more suspicious").
 DIRECTION = {
+    "harvest_share": "+ requests that are each a harvest: first turn, capability topic, answer"
+    " >= 2.5x the prompt (a per-request conjunction, robust to cover traffic)",
     "cot_share": "+ chain-of-thought requests buy the reasoning traces a student model needs",
     "capability_share": "+ code/math/science/reasoning are the capabilities worth distilling",
     "capability_breadth": "+ a sweep over several capability domains, not one product task",
@@ -117,6 +126,8 @@ DIRECTION = {
     "output_ratio": "+ long completions for short prompts; batch/RAG/agents are the opposite",
     "novelty": "+ new prompts every time; CI suites and eval re-runs repeat themselves",
     "template_share": "+ generated prompts share a template (weak alone: batch jobs do too)",
+    "sampled_decoding": "+ temperature > 0: a harvest wants varied samples; eval harnesses, CI and"
+    " deterministic pipelines decode greedily (temperature 0). Unknown when not sent",
     "sampling_share": "+ logprobs / n>1 harvest the distribution, not just an answer",
     "temperature_spread": "+ temperature sweeps collect diverse samples",
     "timing_regularity": "+ machine-regular inter-arrivals (scale-free: log-gap spread)",
@@ -182,24 +193,42 @@ def apply_event(ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom
             f[F_R24H] += 1.0
     ks.events = n_ev + 1
 
-    pt = ev["prompt_tokens"]
-    ct = ev["completion_tokens"]
     nsamp = ev.get("n")
-    if nsamp is not None and nsamp > 1:
-        ct = ct / nsamp  # completion_tokens sums the n samples: compare one answer
-    lr = math.log((ct + 1.0) / (pt + 1.0))
-    lp = math.log(pt + 1.0)
-    lc = math.log(ct + 1.0)
-    if n_ev == 0:
-        f[F_RATIO] = lr
-        f[F_PLOG] = lp
-        f[F_CLOG] = lc
-    else:
-        a = 1.0 / (n_ev + 1.0) if n_ev * alpha < 1.0 else alpha
-        f[F_RATIO] += a * (lr - f[F_RATIO])
-        f[F_PLOG] += a * (lp - f[F_PLOG])
-        f[F_CLOG] += a * (lc - f[F_CLOG])
-    f[F_429] = f[F_429] * d + (alpha if ev["status"] == 429 else 0.0)
+    status = ev["status"]
+    if 200 <= status < 300:
+        # Token sizes only from answered requests: a 429 or 5xx has no completion, and a
+        # throttled harvester must not look like a key with short outputs.
+        pt = ev["prompt_tokens"]
+        ct = ev["completion_tokens"]
+        if nsamp is not None and nsamp > 1:
+            ct = ct / nsamp  # completion_tokens sums the n samples: compare one answer
+        lr = math.log((ct + 1.0) / (pt + 1.0))
+        lp = math.log(pt + 1.0)
+        lc = math.log(ct + 1.0)
+        n_ok = f[F_OK_W]
+        if n_ok == 0.0:
+            f[F_RATIO] = lr
+            f[F_PLOG] = lp
+            f[F_CLOG] = lc
+        else:
+            a = 1.0 / (n_ok + 1.0) if n_ok * alpha < 1.0 else alpha
+            f[F_RATIO] += a * (lr - f[F_RATIO])
+            f[F_PLOG] += a * (lp - f[F_PLOG])
+            f[F_CLOG] += a * (lc - f[F_CLOG])
+        if n_ok < 1000.0:
+            f[F_OK_W] = n_ok + 1.0
+        # The per-event conjunction is what mixtures (cover traffic, a drifting key's old
+        # workload) cannot average away: a long answer to a first-turn capability question.
+        turn = ev.get("turn")
+        topic = ev.get("topic")
+        harvest = (
+            lr >= _LONG_ANSWER
+            and (turn is None or turn == 1)
+            and (topic is None or topic in _CAP_TOPIC_SET)
+        )
+        f[F_HARV_W] = f[F_HARV_W] * d + 1.0
+        f[F_HARV_S] = f[F_HARV_S] * d + (1.0 if harvest else 0.0)
+    f[F_429] = f[F_429] * d + (alpha if status == 429 else 0.0)
 
     v = ev.get("cot_request")
     if v is not None:
@@ -220,11 +249,10 @@ def apply_event(ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom
         f[F_TURN_W] = f[F_TURN_W] * d + 1.0
         f[F_SINGLE_S] = f[F_SINGLE_S] * d + (1.0 if v == 1 else 0.0)
 
-    lp_ = ev.get("logprobs")
-    if lp_ is not None or nsamp is not None or "top_logprobs" in ev:
-        samp = bool(lp_) or (nsamp is not None and nsamp > 1) or bool(ev.get("top_logprobs"))
-        f[F_SAMP_W] = f[F_SAMP_W] * d + 1.0
-        f[F_SAMP_S] = f[F_SAMP_S] * d + (1.0 if samp else 0.0)
+    # logprobs / n default to off in the API, so an absent field is a "no", not unknown.
+    samp = (nsamp is not None and nsamp > 1) or bool(ev.get("logprobs")) or bool(ev.get("top_logprobs"))
+    f[F_SAMP_W] = f[F_SAMP_W] * d + 1.0
+    f[F_SAMP_S] = f[F_SAMP_S] * d + (1.0 if samp else 0.0)
 
     v = ev.get("temperature")
     if v is not None:
@@ -322,16 +350,23 @@ def _entropy(ps) -> float:
     return h
 
 
+_NAN = float("nan")
+#: Evidence needed before a content share counts (fewer events carrying the field = unknown).
+_MIN_W = 3.0
+
+
 def direction_features(ks, pop_log_rate: float) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
-    ``pop_log_rate`` is the population's typical log events/hour: the rate feature is
-    relative to it, so it scales with the deployment rather than with a constant.
+    A feature whose field the key's gateway does not send is NaN ("unknown"), never 0 or 1:
+    the scorer drops it and HalfSpaceTrees routes around it. ``pop_log_rate`` is the
+    population's typical log1p(events/hour): the rate feature is relative to it, so it scales
+    with the deployment rather than with a constant.
     """
     f = ks.f
-    cot = _share(f, F_COT_W, F_COT_S)
+    cot = f[F_COT_S] / f[F_COT_W] if f[F_COT_W] >= _MIN_W else _NAN
     tw = f[F_TOP_W]
-    if tw > 1e-9:
+    if tw >= _MIN_W:
         caps = [f[F_TOP0 + _TOPIC_INDEX[t]] / tw for t in CAPABILITY_TOPICS]
         cap_share = sum(caps)
         if cap_share > 1e-9:
@@ -340,19 +375,22 @@ def direction_features(ks, pop_log_rate: float) -> list[float]:
         else:
             breadth = 0.0
     else:
-        cap_share = 0.0
-        breadth = 0.0
-    single = _share(f, F_TURN_W, F_SINGLE_S)
-    ratio = f[F_RATIO]
-    ratio_t = min(max(ratio / 2.5, 0.0), 1.0)  # 1 at >= ~12x output/prompt, 0 at <= 1x
+        cap_share = _NAN
+        breadth = _NAN
+    single = f[F_SINGLE_S] / f[F_TURN_W] if f[F_TURN_W] >= _MIN_W else _NAN
+    if f[F_OK_W] >= _MIN_W:
+        ratio_t = min(max(f[F_RATIO] / 2.5, 0.0), 1.0)  # 1 at >= ~12x output/prompt, 0 at <= 1x
+    else:
+        ratio_t = _NAN
     sim_w = f[F_SIM_W]
-    if sim_w > 1e-9:
+    if sim_w >= _MIN_W:
         novelty = 1.0 - f[F_DUP_S] / sim_w
         tmpl = f[F_TMPL_S] / sim_w
     else:
-        novelty = 0.0
-        tmpl = 0.0
+        novelty = _NAN
+        tmpl = _NAN
     samp = _share(f, F_SAMP_W, F_SAMP_S)
+    sampled = 1.0 - f[F_GREEDY_S] / f[F_TEMP_W] if f[F_TEMP_W] >= _MIN_W else _NAN
     temp_sd = math.sqrt(f[F_TEMP_V]) if f[F_TEMP_W] > 2.0 else 0.0
     temp_t = min(temp_sd / 0.3, 1.0)
     iw = f[F_IA_W]
@@ -366,7 +404,8 @@ def direction_features(ks, pop_log_rate: float) -> list[float]:
     thr = min(f[F_429] * 4.0, 1.0)
     rate_t = math.log1p(events_per_hour(ks)) - pop_log_rate
     rate_t = min(max(rate_t / 3.0, 0.0), 1.0)  # 1 at ~20x the population's typical rate
-    return [cot, cap_share, breadth, single, ratio_t, novelty, tmpl, samp, temp_t, reg, duty, thr, rate_t]
+    harv = f[F_HARV_S] / f[F_HARV_W] if f[F_HARV_W] >= _MIN_W else _NAN
+    return [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t]
 
 
 def new_float_state() -> array:

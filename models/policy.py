@@ -35,19 +35,19 @@ SEVERITIES = ("info", "warning", "critical")
 
 _IDX = {n: i for i, n in enumerate(FEATURES)}
 
-#: (feature, weight) of each evidence group.
+#: (feature, weight) of each evidence group. Content features may be unknown (NaN): the
+#: group mean is taken over the known ones and shrunk by the share of weight that is known.
 CONTENT = (
-    ("cot_share", 1.3),
+    ("harvest_share", 2.0),
+    ("cot_share", 1.2),
     ("capability_share", 0.8),
-    ("capability_breadth", 1.3),
-    ("single_turn_share", 0.6),
+    ("capability_breadth", 0.5),
+    ("single_turn_share", 0.5),
     ("output_ratio", 1.0),
-    ("novelty", 1.0),
 )
 EXTRACTION = (
     ("sampling_share", 1.0),
     ("temperature_spread", 1.0),
-    ("template_share", 0.5),
 )
 AUTOMATION = (
     ("timing_regularity", 1.0),
@@ -58,18 +58,25 @@ AUTOMATION = (
 _GROUPS = (CONTENT, EXTRACTION, AUTOMATION)
 _GROUP_IDX = tuple(tuple((_IDX[n], w) for n, w in g) for g in _GROUPS)
 _GROUP_W = tuple(sum(w for _, w in g) for g in _GROUPS)
+_NOVELTY = _IDX["novelty"]
+_SAMPLED = _IDX["sampled_decoding"]
 
 
 def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[float, list[float]]:
     """Combine a direction vector into a score and per-feature contributions.
 
+    ``score = content * novelty_gate * (c0 + c1*extraction + c2*automation)``, where each group
+    is a weighted mean of its features, unknown (NaN) content features are left out (and the
+    content mean shrunk by the known share of weight, so missing fields neither accuse nor
+    acquit), and ``novelty_gate = 0.3 + 0.7 * novelty``: a key that repeats its prompts (CI
+    suites, eval re-runs) is not harvesting new answers.
+
     Parameters
     ----------
     vec
-        Direction features in FEATURES order, each in [0, 1].
+        Direction features in FEATURES order, each in [0, 1] or NaN (unknown).
     mix
-        ``(c0, c1, c2)``: ``score = content * (c0 + c1*extraction + c2*automation)``; they
-        should sum to 1 so the score stays in [0, 1].
+        ``(c0, c1, c2)``, summing to 1 so the score stays in [0, 1].
 
     Returns
     -------
@@ -81,32 +88,50 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
     >>> harvest = [0.9, 0.9, 0.8, 1.0, 0.9, 1.0, 0.5, 0.8, 0.7, 0.9, 0.9, 0.3, 0.8]
     >>> chat = [0.05, 0.2, 0.1, 0.3, 0.3, 0.9, 0.0, 0.0, 0.0, 0.1, 0.2, 0.0, 0.1]
     >>> round(scrape_score(harvest, (0.4, 0.3, 0.3))[0], 2), round(scrape_score(chat, (0.4, 0.3, 0.3))[0], 2)
-    (0.75, 0.12)
+    (0.74, 0.07)
+    >>> nan = float("nan")  # a gateway without a topic classifier: unknown, not suspicious
+    >>> round(scrape_score([nan, nan, nan] + harvest[3:], (0.4, 0.3, 0.3))[0], 2)
+    0.61
     """
-    g = []
-    for idx, tot in zip(_GROUP_IDX, _GROUP_W):
+    cidx = _GROUP_IDX[0]
+    known_w = 0.0
+    acc = 0.0
+    for i, w in cidx:
+        v = vec[i]
+        if v == v:
+            known_w += w
+            acc += w * v
+    if known_w <= 0.0:
+        return 0.0, [0.0] * len(vec)
+    content = acc / known_w * (known_w / _GROUP_W[0]) ** 0.25
+    nov = vec[_NOVELTY]
+    gate = 0.3 + 0.7 * nov if nov == nov else 1.0
+    sam = vec[_SAMPLED]
+    if sam == sam:
+        gate *= 0.5 + 0.5 * sam
+    g = [content]
+    for idx, tot in zip(_GROUP_IDX[1:], _GROUP_W[1:]):
         s = 0.0
         for i, w in idx:
-            s += w * vec[i]
+            v = vec[i]
+            if v == v:
+                s += w * v
         g.append(s / tot)
-    content, extraction, automation = g
+    _, extraction, automation = g
     c0, c1, c2 = mix
-    boost = c0 + c1 * extraction + c2 * automation
-    score = content * boost
+    score = content * gate * (c0 + c1 * extraction + c2 * automation)
     contrib = [0.0] * len(vec)
     if score > 0.0:
-        # Shares: content features split the c0 part and their weight of the rest; the other
-        # groups split their own part. Exact attribution of a product is not unique; this
-        # one is stable and sums to 1.
-        parts_content = content * c0
-        parts_extr = content * c1 * extraction
-        parts_auto = content * c2 * automation
-        for (i, w) in _GROUP_IDX[0]:
-            contrib[i] = parts_content * (w * vec[i] / _GROUP_W[0]) / content if content > 0 else 0.0
-        for part, grp, gi in ((parts_extr, extraction, 1), (parts_auto, automation, 2)):
-            if grp > 0:
-                for (i, w) in _GROUP_IDX[gi]:
-                    contrib[i] = part * (w * vec[i] / _GROUP_W[gi]) / grp
+        # Attribution of a product is not unique; this one is stable and sums to 1:
+        # the content features share the c0 part, each other group shares its own part.
+        parts = (c0 + 0.0, c1 * extraction, c2 * automation)
+        for part, grp, gi in ((parts[0], content, 0), (parts[1], extraction, 1), (parts[2], automation, 2)):
+            if grp > 0 and part > 0:
+                denom = sum(w * vec[i] for i, w in _GROUP_IDX[gi] if vec[i] == vec[i])
+                for i, w in _GROUP_IDX[gi]:
+                    v = vec[i]
+                    if v == v and denom > 0:
+                        contrib[i] = part * (w * v / denom)
         tot = sum(contrib)
         if tot > 0:
             contrib = [c / tot for c in contrib]
@@ -128,6 +153,8 @@ def alert_id(entity_type: str, entity: str, detector: str, episode_seq: int) -> 
 
 
 _EXPLAIN = {
+    "harvest_share": "share of first-turn capability requests with answers >= 2.5x the prompt {o:.2f} vs population {b:.2f}",
+    "sampled_decoding": "share of requests sampled at temperature > 0 {o:.2f} vs population {b:.2f}",
     "cot_share": "cot_request share {o:.2f} vs population {b:.2f}",
     "capability_share": "code/math/science/reasoning share {o:.2f} vs population {b:.2f}",
     "capability_breadth": "breadth over code/math/science/reasoning {o:.2f} vs population {b:.2f}",

@@ -102,7 +102,9 @@ class PopulationModel:
         ``score_hint`` is unused by the trees; it is the caller's direction score, recorded in
         the histogram when ``learn`` (so flagged keys do not move the adaptive threshold).
         """
-        x = dict(zip(FEATURES, vec))
+        m = self.means
+        # Unknown features (NaN) are imputed with the population mean: neither odd nor normal.
+        x = {name: (v if v == v else m[i]) for i, (name, v) in enumerate(zip(FEATURES, vec))}
         hst = self._hst
         s = float(hst.score_one(x)) if self.hst_seen >= self.window_size else 0.0
         if learn:
@@ -111,9 +113,10 @@ class PopulationModel:
             a = self.fading
             if self.weight < 1.0 / a:
                 a = 1.0 / (self.weight + 1.0)
-            m = self.means
             for i in range(_NFEAT):
-                m[i] += a * (vec[i] - m[i])
+                v = vec[i]
+                if v == v:
+                    m[i] += a * (v - m[i])
             self.weight += 1.0
             self.observe_score(score_hint)
         return s
