@@ -218,3 +218,54 @@ def test_runbook_has_an_anchor_for_every_rule() -> None:
     assert len(rules) == 5
     for name in rules:
         assert f"### {name.lower()}" in text, f"docs/operations.md lacks a '### {name}' section"
+
+
+@pytest.mark.kafka
+def test_prometheus_scrapes_a_live_worker_and_dashboards_have_data(
+        names, worker_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The real `moatwatch worker` on the real broker, with traffic (valid, invalid, attacks)
+    flowing while Prometheus scrapes it: every dashboard query returns data."""
+    try:
+        from tests.integration.helpers import simulate_file, wait_consumed
+    except ImportError:
+        from helpers import simulate_file, wait_consumed  # type: ignore[no-redef]
+    from streams.kafka_io import ensure_topics, produce_file
+
+    events, _ = simulate_file(tmp_path, hours=2.0, seed=5, scale=0.3)
+    with open(events, "ab") as fh:  # a few of each kind of bad input, to feed the invalid panels
+        fh.write(b'{"not json\n[1, 2]\n{"event_id": "x", "ts": 1}\n'
+                 b'{"event_id": "y", "ts": 1, "api_key": "", "prompt_tokens": 1, '
+                 b'"completion_tokens": 1, "status": 200}\n')
+    settings = names.settings()
+    ensure_topics(settings, {names.events: 1, names.alerts: 1})
+    worker = worker_factory().start()
+    with prometheus_server(tmp_path, [f"127.0.0.1:{worker.web_port}"]) as prom:
+        worker.wait_ready()
+        # Readiness is what the worker reports through its own endpoints too.
+        wait_until(lambda: prom.query('moatwatch_table_recovery_complete{job="moatwatch"} == 1'),
+                   timeout=20, what="worker reporting recovery complete")
+        sent = produce_file(settings, str(events), rate=1500.0, progress=False)["events"]
+        wait_consumed(worker, sent, timeout=120)
+        # Two more scrapes after the last event so rates and the alert counters are seen.
+        scrapes = prom.query('count_over_time(up{job="moatwatch"}[10m])')
+        n0 = float(scrapes[0]["value"][1])
+        wait_until(lambda: float(prom.query(
+            'count_over_time(up{job="moatwatch"}[10m])')[0]["value"][1]) >= n0 + 6,
+            timeout=30, what="six more scrapes")
+        assert prom.query('up{job="moatwatch"} == 1')
+        assert prom.query("moatwatch_alerts_total > 0"), \
+            "the simulated attacks raised no alert on the live worker:\n" + worker.log()[-3000:]
+
+        empty = []
+        for name, expr in dashboard_expressions():
+            # 1m instead of 30s: the worker is scraped every second, but its timer updates
+            # some gauges only every 5 s.
+            promql = grafana_to_promql(expr.replace("$__rate_interval", "1m"))
+            if not prom.query(promql):
+                empty.append(f"{name}: {promql}")
+        assert not empty, "dashboard queries with no data from the live worker:\n" + \
+            "\n".join(empty)
+        processed = prom.query('sum(rate(moatwatch_events_processed_total{job="moatwatch"}[1m]))')
+        assert float(processed[0]["value"][1]) > 0
+        invalid = prom.query('sum by (reason) (moatwatch_events_invalid_total) > 0')
+        assert {r["metric"]["reason"] for r in invalid} >= {"invalid_json", "not_object"}
