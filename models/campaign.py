@@ -92,6 +92,43 @@ _DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Behaviour profile compared between members (the engine's direction features, each 0..1).
+PROFILE_FEATURES = (
+    "cot_share",
+    "capability_share",
+    "capability_breadth",
+    "single_turn_share",
+    "output_ratio",
+    "novelty",
+    "template_share",
+    "sampling_share",
+    "temperature_spread",
+    "timing_regularity",
+    "duty_cycle",
+    "rate",
+)
+
+
+def _profile(features: Mapping[str, Any]) -> tuple[float, ...]:
+    """The member's profile vector; NaN marks a missing feature (skipped in distances)."""
+    out = []
+    for n in PROFILE_FEATURES:
+        v = _finite(features.get(n))
+        out.append(math.nan if v is None else _clip01(v))
+    return tuple(out)
+
+
+def _distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Mean absolute difference over the features both profiles have (inf when none)."""
+    tot = 0.0
+    n = 0
+    for x, y in zip(a, b):
+        if x == x and y == y:  # not NaN
+            tot += abs(x - y)
+            n += 1
+    return tot / n if n else math.inf
+
+
 def _finite(v: Any) -> float | None:
     if type(v) in (int, float) and math.isfinite(v):
         return float(v)
@@ -222,6 +259,14 @@ class CampaignConfig:
         How much a false-positive verdict raises the open score of that entity.
     max_related
         Member keys named per alert (Alert v1 allows at most 100).
+    max_family_bands
+        Largest template family (LSH band ids linked through implicated keys); a merge that
+        would exceed it is refused, so one common prompt cannot chain everything together.
+    assoc_floor, assoc_distance
+        While a group fires, a member below ``member_threshold`` is still named when its
+        suspicion is at least ``assoc_floor`` and its behaviour profile lies within
+        ``assoc_distance`` (mean absolute difference per direction feature) of the implicated
+        members' centroid: the same tooling, with more cover traffic.
     """
 
     max_groups: int = 50_000
@@ -252,9 +297,13 @@ class CampaignConfig:
     )
     fp_raise: float = 0.2
     max_related: int = 100
+    max_family_bands: int = 256
+    assoc_floor: float = 0.2
+    assoc_distance: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related"):
+        for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
+                     "max_family_bands"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -274,7 +323,8 @@ class CampaignConfig:
             v = getattr(self, name)
             if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
-        for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise"):
+        for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
+                     "assoc_floor", "assoc_distance"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -303,7 +353,8 @@ class _Key:
     """What the detector remembers of one api_key (one copy, shared by all its groups)."""
 
     __slots__ = (
-        "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "bands", "ended"
+        "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "bands", "ended",
+        "vec",
     )
 
     def __init__(self, first_ts: float, last_ts: float) -> None:
@@ -317,6 +368,7 @@ class _Key:
         self.doms: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
         self.bands: tuple[str, ...] = ()
         self.ended = False
+        self.vec: tuple[float, ...] = ()
 
     def to_list(self) -> list[Any]:
         return [
@@ -330,6 +382,7 @@ class _Key:
             list(self.doms),
             list(self.bands),
             self.ended,
+            list(self.vec),
         ]
 
     @classmethod
@@ -344,6 +397,8 @@ class _Key:
         k.doms = (d[0], d[1], d[2], d[3])
         k.bands = tuple(str(b) for b in v[8])
         k.ended = bool(v[9])
+        # NaN (a missing feature) is written as null by orjson
+        k.vec = tuple(math.nan if x is None else float(x) for x in v[10])
         return k
 
 
@@ -517,6 +572,8 @@ class CampaignDetector:
         # episode counters survive group eviction so an evicted-and-returning group never
         # reuses an alert_id (bounded: only groups that ever opened an episode are kept)
         self._seqs: dict[tuple[str, str], int] = {}
+        self._band_parent: OrderedDict[str, str] = OrderedDict()
+        self._family_size: dict[str, int] = {}
         self._start_ts: float | None = None
         self._now = -math.inf
         self._last_sweep = -math.inf
@@ -569,10 +626,22 @@ class CampaignDetector:
         k.cot = _pick(features, _FEATURE_ALIASES["cot"])
         k.breadth = _pick(features, _FEATURE_ALIASES["breadth"])
         k.doms = domain_shares(features)
+        k.vec = _profile(features)
         gvals = _group_values(snapshot.get("groups"))
-        k.bands = tuple(v for t, v in gvals if t == "template")[:8]
+        bands = [v for t, v in gvals if t == "template"]
+        k.bands = tuple(bands[:32])
 
         alerts: list[dict[str, Any]] = []
+        if bands:
+            # Template families: LSH bands linked through implicated keys (an implicated key's
+            # recurring bands are one family; two keys sharing a band share the family). Only
+            # implicated keys link, so a common benign prompt does not chain families together.
+            verdict = self.feedback.verdict("api_key", key, ts)
+            links = verdict == "confirmed" or (
+                k.susp >= cfg.member_threshold and verdict not in ("allowlisted", "false_positive")
+            )
+            roots = self._families(bands, links, ts, alerts)
+            gvals = [gv for gv in gvals if gv[0] != "template"] + [("template", r) for r in roots]
         for gk in gvals:
             g = self._groups.get(gk)
             if g is None:
@@ -678,6 +747,7 @@ class CampaignDetector:
                 "keys": [[key, k.to_list()] for key, k in self._keys.items()],
                 "groups": [[t, v, g.to_dict()] for (t, v), g in self._groups.items()],
                 "seqs": [[t, v, s] for (t, v), s in self._seqs.items()],
+                "bands": [[b, p, self._family_size.get(b, 0)] for b, p in self._band_parent.items()],
             }
         )
 
@@ -698,6 +768,8 @@ class CampaignDetector:
                 ((str(t), str(v)), _Group.from_dict(d)) for t, v, d in obj["groups"]
             )
             seqs = {(str(t), str(v)): int(s) for t, v, s in obj["seqs"]}
+            band_parent = OrderedDict((str(b), str(p)) for b, p, _ in obj["bands"])
+            family_size = {str(b): int(n) for b, _, n in obj["bands"] if n}
             start = obj["start_ts"]
             now = obj["now"]
             sweep = obj["last_sweep"]
@@ -711,6 +783,8 @@ class CampaignDetector:
         self._keys = keys
         self._groups = groups
         self._seqs = seqs
+        self._band_parent = band_parent
+        self._family_size = family_size
         self._start_ts = None if start is None else float(start)
         self._now = -math.inf if now is None else float(now)
         self._last_sweep = -math.inf if sweep is None else float(sweep)
@@ -730,14 +804,109 @@ class CampaignDetector:
         self._groups.popitem(last=False)
         self._evicted += 1
 
+    # --- template families (union-find over LSH band ids) --------------------------------
+
+    def _find(self, band: str) -> str:
+        parent = self._band_parent
+        root = band
+        hops = 0
+        while True:
+            p = parent.get(root)
+            if p is None or p == root or hops > 64:
+                break
+            root = p
+            hops += 1
+        # path compression
+        b = band
+        while b != root:
+            p = parent.get(b)
+            if p is None or p == b:
+                break
+            parent[b] = root
+            b = p
+        return root
+
+    def _families(self, bands: list[str], links: bool, ts: float, alerts: list[dict[str, Any]]) -> list[str]:
+        cfg = self.config
+        parent = self._band_parent
+        for b in bands:
+            if b not in parent:
+                parent[b] = b
+                self._family_size[b] = 1
+                if len(parent) > 4 * cfg.max_groups:
+                    old, _ = parent.popitem(last=False)
+                    self._family_size.pop(old, None)
+            else:
+                parent.move_to_end(b)
+        roots: list[str] = []
+        for b in bands:
+            r = self._find(b)
+            if r not in roots:
+                roots.append(r)
+        if not links or len(roots) < 2:
+            return roots
+        survivor = roots[0]
+        kept = [survivor]
+        for r in roots[1:]:
+            merged = self._merge_family(survivor, r, ts, alerts)
+            if merged is None:
+                kept.append(r)
+            else:
+                survivor = merged
+                kept[0] = survivor
+        return kept
+
+    def _merge_family(self, a: str, b: str, ts: float, alerts: list[dict[str, Any]]) -> str | None:
+        """Merge families rooted at a and b; return the surviving root, or None if refused."""
+        size_a = self._family_size.get(a, 1)
+        size_b = self._family_size.get(b, 1)
+        if size_a + size_b > self.config.max_family_bands:
+            return None
+        ga = self._groups.get(("template", a))
+        gb = self._groups.get(("template", b))
+
+        def rank(root: str, g: _Group | None, size: int) -> tuple[int, float, int, str]:
+            # keep the family whose episode is open (its alert id stays stable), then the one
+            # opened first, then the bigger one; the band id breaks ties deterministically
+            if g is not None and g.open:
+                return (0, g.opened_ts, -size, root)
+            return (1, 0.0, -size, root)
+
+        if rank(b, gb, size_b) < rank(a, ga, size_a):
+            a, b, ga, gb, size_a, size_b = b, a, gb, ga, size_b, size_a
+        self._band_parent[b] = a
+        self._family_size[a] = size_a + size_b
+        self._family_size.pop(b, None)
+        if gb is not None:
+            if ga is None:
+                ga = _Group()
+                self._groups[("template", a)] = ga
+            for m, t in gb.members.items():
+                if m not in ga.members:
+                    ga.seen_total += 1
+                ga.members[m] = max(t, ga.members.get(m, t))
+            while len(ga.members) > self.config.max_members_per_group:
+                ga.members.popitem(last=False)
+                self._evicted += 1
+            ga.lifetimes = (ga.lifetimes + gb.lifetimes)[-_MAX_LIFETIMES:]
+            ga.last_ts = max(ga.last_ts, gb.last_ts)
+            ga.bar = max(ga.bar, gb.bar)
+            if gb.open:
+                alerts.append(self._close(("template", b), gb, ts, "merged", merged_into=a))
+                ga.named |= gb.named
+            del self._groups[("template", b)]
+        return a
+
     def _member_view(
         self, g: _Group, now: float, group_confirmed: bool
-    ) -> tuple[int, list[tuple[float, str, _Key]]]:
-        """Active members (count) and the implicated ones as (suspicion, key, state)."""
+    ) -> tuple[int, list[tuple[float, str, _Key]], list[tuple[float, str, _Key]]]:
+        """Active members (count), the implicated ones as (suspicion, key, state), and the
+        members suspicious enough to be named by association."""
         cfg = self.config
         fb = self.feedback
         active = 0
         implicated: list[tuple[float, str, _Key]] = []
+        candidates: list[tuple[float, str, _Key]] = []
         for m, t in g.members.items():
             if now - t > cfg.member_ttl:
                 continue
@@ -754,7 +923,27 @@ class CampaignDetector:
                 implicated.append((k.susp, m, k))
             elif group_confirmed:
                 implicated.append((k.susp, m, k))
-        return active, implicated
+            elif k.susp >= cfg.assoc_floor:
+                candidates.append((k.susp, m, k))
+        return active, implicated, candidates
+
+    def _associated(
+        self, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]]
+    ) -> list[tuple[float, str, _Key]]:
+        """Candidates whose profile matches the implicated members' centroid."""
+        if not candidates or len(implicated) < self.config.min_implicated:
+            return []
+        nf = len(PROFILE_FEATURES)
+        sums = [0.0] * nf
+        cnts = [0] * nf
+        for _, _, k in implicated:
+            for i, x in enumerate(k.vec[:nf]):
+                if x == x:
+                    sums[i] += x
+                    cnts[i] += 1
+        centroid = tuple(sums[i] / cnts[i] if cnts[i] else math.nan for i in range(nf))
+        limit = self.config.assoc_distance
+        return [c for c in candidates if _distance(c[2].vec, centroid) <= limit]
 
     def _evaluate(self, gk: tuple[str, str], g: _Group, now: float) -> list[dict[str, Any]]:
         cfg = self.config
@@ -765,7 +954,7 @@ class CampaignDetector:
                 return [self._close(gk, g, now, "allowlisted")]
             return []
         confirmed = verdict == "confirmed"
-        active, implicated = self._member_view(g, now, confirmed)
+        active, implicated, candidates = self._member_view(g, now, confirmed)
         score, reasons, window = self._score(gk, g, now, active, implicated, confirmed)
         if verdict == "false_positive":
             if g.open:
@@ -785,7 +974,8 @@ class CampaignDetector:
                 g.named = set()
                 g.quiet_since = None
                 g.severity = self._severity(score, confirmed)
-                return [self._fire(gk, g, now, score, reasons, window, implicated, active)]
+                named = implicated + self._associated(implicated, candidates)
+                return [self._fire(gk, g, now, score, reasons, window, named, active)]
             return []
         # episode open
         if (score < cfg.close_score and not confirmed) or not implicated:
@@ -797,10 +987,11 @@ class CampaignDetector:
         g.quiet_since = None
         sev = self._severity(score, confirmed)
         escalated = _SEV_RANK[sev] > _SEV_RANK[g.severity]
-        new_named = sum(1 for _, m, _ in implicated if m not in g.named)
+        named = implicated + self._associated(implicated, candidates)
+        new_named = sum(1 for _, m, _ in named if m not in g.named)
         if escalated or (new_named > 0 and now - g.last_fire >= cfg.refire_interval):
             g.severity = sev if escalated else g.severity
-            return [self._fire(gk, g, now, score, reasons, window, implicated, active)]
+            return [self._fire(gk, g, now, score, reasons, window, named, active)]
         return []
 
     def _covered(self, implicated: list[tuple[float, str, _Key]]) -> bool:
@@ -1032,6 +1223,7 @@ class CampaignDetector:
         score: float = 0.0,
         reasons: list[dict[str, Any]] | None = None,
         window: dict[str, Any] | None = None,
+        merged_into: str | None = None,
     ) -> dict[str, Any]:
         etype, entity = gk
         g.open = False
@@ -1042,10 +1234,11 @@ class CampaignDetector:
             "allowlisted": f"an analyst allowlisted {etype} {entity}",
             "false_positive": f"an analyst marked {etype} {entity} a false positive; "
             "it needs stronger evidence to fire again",
+            "merged": f"template family {entity} joined family {merged_into}, which carries on",
         }[why]
         rs = [
             {
-                "feature": "episode_end" if why == "quiet" else "analyst_verdict",
+                "feature": "analyst_verdict" if why in ("allowlisted", "false_positive") else "episode_end",
                 "observed": round(score, 6),
                 "baseline": self.config.close_score,
                 "contribution": 1.0,

@@ -309,3 +309,40 @@ def test_models_campaign_imports_no_streaming_stack():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_template_families_link_bands_through_implicated_keys_only():
+    det = CampaignDetector(CampaignConfig(warmup=0.0))
+    snaps = []
+    # each scraper key recurs on its own band plus one band of the campaign's shared templates:
+    # a chain b0:k0-b3:s0, b0:k1-b3:s0, ... so every key lands in one family
+    for r in range(3):
+        for i in range(6):
+            ts = T0 + r * 600.0 + i * 60.0
+            snaps.append(snap(f"evil{i}", ts, SCRAPER, {"template": [f"b0:{i:04x}", f"b3:{i // 2:04x}", "b1:beef"]}))
+    # a benign key that happens to share one band joins as a member but links nothing
+    snaps.append(snap("chat", T0 + 900.0, BENIGN, {"template": ["b1:beef", "b2:0001"]}))
+    snaps.sort(key=lambda s: s["ts"])
+    alerts = run(det, snaps)
+    fired = firing(alerts, "template")
+    assert fired
+    assert len({a["entity"] for a in fired}) == 1, "one family, one episode"
+    assert {k for a in fired for k in a["related_entities"]} == {f"evil{i}" for i in range(6)}
+    assert det._find("b2:0001") == "b2:0001", "a benign key never links families"
+
+
+def test_members_with_the_campaign_profile_are_named_by_association_not_honest_neighbours():
+    det = CampaignDetector(CampaignConfig(warmup=0.0))
+    covered = dict(SCRAPER, cot_share=0.25, capability_share=0.5, single_turn_share=0.75, output_ratio=0.5)
+    agent = {"cot_share": 0.05, "capability_share": 0.7, "capability_breadth": 0.1,
+             "single_turn_share": 0.0, "output_ratio": 0.0, "novelty": 0.3, "template_share": 0.6,
+             "sampling_share": 0.0, "rate": 0.6}
+    assert member_suspicion(0.25, covered) < 0.5
+    group = {"client_net": "203.0.113.0/24"}
+    snaps = campaign_snaps(6, group)
+    snaps += campaign_snaps(2, group, feats=covered, prefix="cover")
+    snaps += campaign_snaps(1, group, feats=agent, prefix="agent")
+    snaps.sort(key=lambda s: s["ts"])
+    named = {k for a in firing(run(det, snaps)) for k in a["related_entities"]}
+    assert {"cover0", "cover1"} <= named
+    assert "agent0" not in named
