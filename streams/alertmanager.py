@@ -65,7 +65,7 @@ class AlertmanagerError(RuntimeError):
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def labels_for(alert: dict[str, Any]) -> dict[str, str]:
@@ -268,7 +268,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--resend-interval", type=float, default=60.0, metavar="S",
                    help="seconds between re-sends of firing alerts (default 60)")
     p.add_argument("--max-idle", type=float, default=0.0, metavar="S",
-                   help="exit after S seconds without a new alert (default 0: run until stopped)")
+                   help="exit after S seconds without a new alert, counted from partition assignment "
+                        "(default 0: run until stopped)")
 
 
 def check_reachable(url: str, timeout: float = 5.0) -> None:
@@ -300,6 +301,11 @@ def _decode(raw: bytes | None) -> dict[str, Any] | None:
     return obj
 
 
+#: Yielded by the message source when partitions get assigned: the idle clock starts there, so
+#: a slow consumer-group join does not count as "no alerts".
+ASSIGNED = object()
+
+
 def run_bridge(bridge: AlertmanagerBridge, messages: Iterable[Any], *,
                max_idle: float = 0.0, should_stop: Callable[[], bool] = lambda: False) -> int:
     """Feed decoded alerts to the bridge, ticking between them. ``None`` items mean "idle"."""
@@ -308,7 +314,9 @@ def run_bridge(bridge: AlertmanagerBridge, messages: Iterable[Any], *,
     for raw in messages:
         if should_stop():
             break
-        if raw is not None:
+        if raw is ASSIGNED:
+            last = time.monotonic()
+        elif raw is not None:
             last = time.monotonic()
             alert = _decode(raw)
             if alert is None:
@@ -347,10 +355,12 @@ def main(args: Any, settings: Any) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         stop["flag"] = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    assigned: list[bool] = []
 
     def on_assign(c: Any, parts: list[Any]) -> None:
+        assigned.append(True)
         if args.from_beginning:
             for p in parts:
                 p.offset = OFFSET_BEGINNING
@@ -364,6 +374,9 @@ def main(args: Any, settings: Any) -> int:
     def messages() -> Any:
         while not stop["flag"]:
             msg = consumer.poll(0.5)
+            if assigned:
+                assigned.clear()
+                yield ASSIGNED
             if msg is None:
                 yield None
                 continue
@@ -391,6 +404,8 @@ def main(args: Any, settings: Any) -> int:
         return 1
     finally:
         consumer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"moatwatch alertmanager: forwarded {n} alerts in {bridge.posts} posts "
           f"({bridge.errors} failed posts retried)", file=sys.stderr)
     return 0

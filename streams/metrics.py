@@ -36,11 +36,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from schemas.validation import INVALID_REASONS
+
 #: The classic text exposition (0.0.4): what :func:`generate_latest` writes, and what every
 #: Prometheus 2.x parses (prometheus_client's own HTTP handler falls back to it too).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-from schemas.validation import INVALID_REASONS
 
 __all__ = [
     "BATCH_BUCKETS",

@@ -21,7 +21,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders import bargauge, dashboard, heatmap, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import (
+    bargauge,
+    dashboard,
+    heatmap,
+    prometheus,
+    stat,
+    timeseries,
+)
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common

@@ -11,11 +11,15 @@ import pytest
 from streams.alertmanager import ALERTNAME_GROUP, ALERTNAME_KEY, AlertmanagerBridge, main
 
 try:
-    from tests.integration.servers import (ALERTMANAGER_CONFIG, alertmanager_server, binary,
-                                           free_port, http_json)
+    from tests.integration.servers import (
+        ALERTMANAGER_CONFIG,
+        alertmanager_server,
+        binary,
+        free_port,
+        http_json,
+    )
 except ImportError:
-    from servers import (ALERTMANAGER_CONFIG, alertmanager_server, binary,  # type: ignore[no-redef]
-                         free_port, http_json)
+    from servers import ALERTMANAGER_CONFIG, alertmanager_server, binary, free_port, http_json  # type: ignore[no-redef]
 
 
 def alert(entity: str = "key-1", status: str = "firing", severity: str = "warning",
@@ -148,3 +152,34 @@ def test_cli_fails_clearly_when_alertmanager_is_unreachable(capsys: pytest.Captu
     assert main(args, load_settings({})) == 1
     err = capsys.readouterr().err
     assert "cannot reach Alertmanager" in err and url in err and "--url" in err
+
+
+@pytest.mark.kafka
+def test_moatwatch_alertmanager_forwards_the_alerts_topic(names, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:  # type: ignore[no-untyped-def]
+    """`moatwatch alertmanager` end to end: real broker -> bridge -> real Alertmanager."""
+    import json as _json
+    from argparse import Namespace
+
+    from confluent_kafka import Producer
+
+    from streams.kafka_io import ensure_topics
+
+    settings = names.settings()
+    ensure_topics(settings, {names.alerts: 1})
+    producer = Producer({"bootstrap.servers": names.bootstrap})
+    for a in (alert("key-1"), alert("key-2", severity="critical"),
+              alert("key-2", status="resolved", severity="critical"),
+              alert("key-3", score=0.7)):
+        producer.produce(names.alerts, key=a["entity"].encode(), value=_json.dumps(a).encode())
+    producer.produce(names.alerts, value=b"not an alert")
+    assert producer.flush(10) == 0
+
+    with alertmanager_server(tmp_path) as am:
+        args = Namespace(url=am.url, from_beginning=True, resend_interval=60.0, max_idle=4.0)
+        assert main(args, settings) == 0
+        listed = active(am.url)
+        assert sorted(a["labels"]["entity"] for a in listed) == ["key-1", "key-3"]
+        assert all(a["labels"]["alertname"] == ALERTNAME_KEY for a in listed)
+        assert "forwarded 4 alerts" in capsys.readouterr().err

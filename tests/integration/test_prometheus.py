@@ -23,9 +23,16 @@ from prometheus_client import CollectorRegistry
 
 from schemas.validation import INVALID_REASONS
 from streams.metrics import CONTENT_TYPE, Metrics
+
 try:  # rootdir-relative package import, or the test folder on sys.path (pytest's default)
-    from tests.integration.servers import (ROOT, RULES, binary, http_json, prometheus_server,
-                                           wait_until)
+    from tests.integration.servers import (
+        ROOT,
+        RULES,
+        binary,
+        http_json,
+        prometheus_server,
+        wait_until,
+    )
 except ImportError:
     from servers import ROOT, RULES, binary, http_json, prometheus_server, wait_until  # type: ignore[no-redef]
 
