@@ -30,6 +30,7 @@ __all__ = [
     "READ_METHODS",
     "install_web",
     "readiness",
+    "recovery_complete",
     "web_app_options",
 ]
 
@@ -210,3 +211,18 @@ def readiness(app: faust.App) -> tuple[bool, str]:
             pass
         return False, f"table recovery in progress ({remaining} changelog messages remaining)"
     return True, f"ready: {len(sources)} partitions assigned, tables recovered"
+
+
+def recovery_complete(app: faust.App) -> bool:
+    """Whether table recovery has completed for the current assignment (the value of the
+    ``moatwatch_table_recovery_complete`` gauge).
+
+    Unlike :func:`readiness` it does not require partitions: a worker that holds none (more
+    workers than input partitions) has nothing to recover, and must not look "stuck" to the
+    MoatwatchRecoveryStuck alert.
+    """
+    tables = getattr(app, "tables", None)
+    recovery = getattr(tables, "_recovery", None)
+    if recovery is None or not recovery.completed.is_set():
+        return False
+    return not recovery.in_recovery and bool(getattr(tables, "actives_ready", True))

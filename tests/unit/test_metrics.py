@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.validation import INVALID_REASONS
 from streams.metrics import CONTENT_TYPE, MAX_FEATURE_LABELS, PROCESSING_BUCKETS, Metrics
-from streams.web import install_web, readiness, web_app_options
+from streams.web import install_web, readiness, recovery_complete, web_app_options
 
 EXPECTED = {
     # family name as the text parser reports it -> (type, label names)
@@ -266,6 +266,12 @@ def test_readiness_states() -> None:
     assert not ok and "42 changelog messages remaining" in why
     ok, why = readiness(fake_app(assignment=src))
     assert ok and "1 partitions assigned" in why
+
+
+def test_recovery_complete_does_not_need_partitions() -> None:
+    assert recovery_complete(fake_app(assignment=set()))  # idle worker: nothing to recover
+    assert not recovery_complete(fake_app(assignment=set(), completed=False))
+    assert not recovery_complete(fake_app(assignment=set(), in_recovery=True))
 
 
 def test_readiness_of_a_real_unstarted_app() -> None:
