@@ -1,0 +1,286 @@
+"""The traffic simulator: deterministic, contract-valid, labelled consistently, realistic enough.
+
+Runs are small (a few simulated hours at a tenth of the reference key count) so the whole file
+takes a couple of seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from schemas.validation import validate_event
+from streams.simulator import (
+    ATTACK_PERSONAS,
+    BENIGN_PERSONAS,
+    DEFAULT_START_TS,
+    HARD_NEGATIVE_PERSONAS,
+    TOPICS,
+    TRUTH_SCHEMA,
+    TracesNotFoundError,
+    resolve_traces_dir,
+    simulate,
+)
+
+HOURS, SCALE, SEED = 4.0, 0.1, 11
+SIMHASH = re.compile(r"^[0-9a-f]{16}$")
+OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
+    "account_id": str, "client_ip": str, "asn": int, "user_agent": str, "model": str,
+    "endpoint": str, "max_tokens": int, "latency_ms": (int, float), "conversation_id": str,
+    "turn": int, "prompt_simhash": str, "topic": str, "cot_request": bool, "logprobs": bool,
+    "top_logprobs": int, "n": int, "temperature": (int, float), "stream": bool,
+}
+REQUIRED = ("event_id", "ts", "api_key", "prompt_tokens", "completion_tokens", "status")
+
+
+def _run(tmp: Path, name: str, seed: int = SEED, hours: float = HOURS,
+         scale: float = SCALE) -> tuple[dict, Path, Path]:
+    out, truth = tmp / f"{name}.jsonl", tmp / f"{name}.truth.json"
+    summary = simulate(hours, seed, str(out), str(truth), scale=scale, progress=False)
+    return summary, out, truth
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("sim")
+    summary, out, truth_path = _run(tmp, "a")
+    events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    truth = orjson.loads(truth_path.read_bytes())
+    by_key: dict[str, list[dict]] = defaultdict(list)
+    for e in events:
+        by_key[e["api_key"]].append(e)
+    return {"summary": summary, "out": out, "truth_path": truth_path, "events": events,
+            "truth": truth, "by_key": by_key, "tmp": tmp}
+
+
+def _hamming(a: str, b: str) -> int:
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def test_same_seed_gives_identical_files(run: dict) -> None:
+    _, out, truth = _run(run["tmp"], "again")
+    assert out.read_bytes() == run["out"].read_bytes()
+    assert truth.read_bytes() == run["truth_path"].read_bytes()
+
+
+def test_different_seeds_differ(run: dict) -> None:
+    summary, out, truth = _run(run["tmp"], "other", seed=SEED + 1)
+    assert out.read_bytes() != run["out"].read_bytes()
+    other = orjson.loads(truth.read_bytes())
+    assert set(other["keys"]).isdisjoint(run["truth"]["keys"])  # key ids are drawn, not counted
+    assert summary["events"] != run["summary"]["events"]
+
+
+def test_every_event_satisfies_the_contract(run: dict) -> None:
+    start, end = run["truth"]["start_ts"], run["truth"]["end_ts"]
+    ids = set()
+    prev = -math.inf
+    for e in run["events"]:
+        validate_event(e)  # the project's own QueryEvent v1 validator
+        for f in REQUIRED:
+            assert f in e, f
+        assert isinstance(e["event_id"], str) and e["event_id"] not in ids
+        ids.add(e["event_id"])
+        assert isinstance(e["ts"], float) and start <= e["ts"] < end
+        assert e["ts"] >= prev, "events must be sorted by ts"
+        prev = e["ts"]
+        assert isinstance(e["api_key"], str) and e["api_key"]
+        for f in ("prompt_tokens", "completion_tokens", "status"):
+            assert type(e[f]) is int and e[f] >= 0, f
+        assert e["status"] in (200, 400, 429, 500)
+        if e["status"] != 200:
+            assert e["completion_tokens"] == 0
+        assert "prompt_text" not in e
+        for f, typ in OPTIONAL_TYPES.items():
+            if f in e:
+                assert isinstance(e[f], typ) and not (typ is int and isinstance(e[f], bool)), f
+        if "prompt_simhash" in e:
+            assert SIMHASH.match(e["prompt_simhash"]), e["prompt_simhash"]
+        if "topic" in e:
+            assert e["topic"] in TOPICS
+        if "turn" in e:
+            assert e["turn"] >= 1
+        if "n" in e:
+            assert e["n"] >= 1
+        if "client_ip" in e:
+            ipaddress.ip_address(e["client_ip"])
+        if "temperature" in e:
+            assert 0 <= e["temperature"] <= 2
+
+
+def test_summary_matches_files(run: dict) -> None:
+    s = run["summary"]
+    assert s["events"] == len(run["events"])
+    assert s["keys"] == len(run["truth"]["keys"])
+    assert s["attack_keys"] == sum(1 for k in run["truth"]["keys"].values() if k["label"] == "attack")
+    assert s["campaigns"] == len(run["truth"]["campaigns"]) >= 2
+    assert run["truth"]["start_ts"] == DEFAULT_START_TS
+    assert run["truth"]["end_ts"] == DEFAULT_START_TS + HOURS * 3600
+
+
+def test_every_persona_is_present(run: dict) -> None:
+    personas = {k["persona"] for k in run["truth"]["keys"].values()}
+    assert set(BENIGN_PERSONAS) <= personas
+    assert set(ATTACK_PERSONAS) <= personas
+
+
+def test_truth_is_consistent_with_events(run: dict) -> None:
+    truth, by_key = run["truth"], run["by_key"]
+    assert truth["schema"] == TRUTH_SCHEMA and truth["seed"] == SEED
+    assert set(truth["keys"]) == set(by_key)
+    for key, info in truth["keys"].items():
+        assert set(info) >= {"label", "persona", "attack_start", "campaign", "hard_negative"}
+        assert info["hard_negative"] == (info["persona"] in HARD_NEGATIVE_PERSONAS)
+        ts = [e["ts"] for e in by_key[key]]
+        if info["label"] == "benign":
+            assert info["attack_start"] is None and info["campaign"] is None
+            assert info["persona"] in BENIGN_PERSONAS
+            continue
+        assert info["persona"] in ATTACK_PERSONAS
+        assert max(ts) >= info["attack_start"], "an attack key must act after its attack start"
+        if info["persona"] == "drifter":
+            assert min(ts) < info["attack_start"], "a drifter behaves benignly first"
+        else:
+            assert info["attack_start"] == min(ts)
+        if info["persona"].startswith("campaign_"):
+            assert key in truth["campaigns"][info["campaign"]]["keys"]
+    for cid, c in truth["campaigns"].items():
+        assert c["keys"] and all(truth["keys"][k]["campaign"] == cid for k in c["keys"])
+        assert c["start_ts"] == min(truth["keys"][k]["attack_start"] for k in c["keys"])
+
+
+def test_campaign_keys_rotate_with_one_to_two_hour_lives(run: dict) -> None:
+    truth, by_key = run["truth"], run["by_key"]
+    end = truth["end_ts"]
+    for c in truth["campaigns"].values():
+        spans = sorted((by_key[k][0]["ts"], by_key[k][-1]["ts"]) for k in c["keys"])
+        for first, last in spans:
+            assert last - first <= 2 * 3600 + 60
+            if last < end - 900:  # ended by rotation, not by the end of the run
+                assert last - first >= 2700, (first, last)
+        # new keys appear as old ones stop
+        assert any(b_first >= a_last for a_first, a_last in spans for b_first, _ in spans)
+        # ordinary user volume, not a firehose
+        for k in c["keys"]:
+            evs = by_key[k]
+            hours = max(evs[-1]["ts"] - evs[0]["ts"], 1800) / 3600
+            assert len(evs) / hours < 150
+
+
+def test_template_campaign_shares_prompt_families_across_keys(run: dict) -> None:
+    truth, by_key = run["truth"], run["by_key"]
+    (cid,) = [c for c, v in truth["campaigns"].items() if v["kind"] == "template"]
+    keys = truth["campaigns"][cid]["keys"]
+    hashes = {k: [e["prompt_simhash"] for e in by_key[k] if "prompt_simhash" in e][:60]
+              for k in keys}
+    sharing = 0
+    for k in keys:
+        others = [h for o in keys if o != k for h in hashes[o]]
+        if any(_hamming(h, o) <= 8 for h in hashes[k] for o in others):
+            sharing += 1
+    assert sharing >= 0.8 * len(keys)
+
+
+def test_infra_campaign_shares_a_network_but_not_prompts(run: dict) -> None:
+    truth, by_key = run["truth"], run["by_key"]
+    (cid,) = [c for c, v in truth["campaigns"].items() if v["kind"] == "infra"]
+    keys = truth["campaigns"][cid]["keys"]
+    nets, asns = set(), set()
+    for k in keys:
+        for e in by_key[k]:
+            if "client_ip" in e:
+                ip = ipaddress.ip_address(e["client_ip"])
+                nets.add(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}", strict=False))
+            if "asn" in e:
+                asns.add(e["asn"])
+    assert len(nets) == 1 and len(asns) == 1
+
+
+def test_benign_group_hard_negatives_exist(run: dict) -> None:
+    truth, by_key = run["truth"], run["by_key"]
+    cgnat = [k for k, v in truth["keys"].items() if v["persona"] == "light_user_cgnat"]
+    nets = {".".join(e["client_ip"].split(".")[:3]) for k in cgnat for e in by_key[k]
+            if "client_ip" in e}
+    assert len(cgnat) >= 3 and len(nets) == 1
+    reseller = [k for k, v in truth["keys"].items() if v["persona"] == "reseller_user"]
+    accounts = {e["account_id"] for k in reseller for e in by_key[k] if "account_id" in e}
+    assert len(reseller) >= 2 and len(accounts) == 1
+
+
+def test_optional_fields_are_sometimes_missing(run: dict) -> None:
+    keys_without = defaultdict(int)
+    for evs in run["by_key"].values():
+        for f in ("topic", "prompt_simhash", "user_agent", "asn"):
+            if not any(f in e for e in evs):
+                keys_without[f] += 1
+    assert keys_without["topic"] > 0 and keys_without["prompt_simhash"] > 0
+
+
+def test_attack_traits_are_drawn_not_fixed(tmp_path: Path) -> None:
+    """Attack parameters differ between keys and seeds: nothing to key a rule on."""
+    cot, ratio = [], []
+    for seed in (1, 2, 3):
+        _, out, truth_path = _run(tmp_path, f"s{seed}", seed=seed, hours=3.0)
+        truth = orjson.loads(truth_path.read_bytes())["keys"]
+        per: dict[str, list[dict]] = defaultdict(list)
+        for line in out.read_bytes().splitlines():
+            e = orjson.loads(line)
+            info = truth[e["api_key"]]
+            if info["label"] == "attack" and e["ts"] >= info["attack_start"]:
+                per[e["api_key"]].append(e)
+        for evs in per.values():
+            c = [e["cot_request"] for e in evs if "cot_request" in e]
+            if len(c) >= 20:
+                cot.append(np.mean(c))
+            ok = [e["completion_tokens"] / max(1, e["prompt_tokens"]) for e in evs
+                  if e["status"] == 200]
+            if len(ok) >= 20:
+                ratio.append(float(np.median(ok)))
+    assert np.std(cot) > 0.05 and np.std(ratio) > 0.5
+
+
+def test_benign_background_has_real_burstiness_and_429s(tmp_path: Path) -> None:
+    _, out, truth_path = _run(tmp_path, "big", seed=5, hours=2.0, scale=0.5)
+    truth = orjson.loads(truth_path.read_bytes())["keys"]
+    status_by_label: dict[str, list[int]] = defaultdict(list)
+    for line in out.read_bytes().splitlines():
+        e = orjson.loads(line)
+        status_by_label[truth[e["api_key"]]["label"]].append(e["status"])
+    benign = np.array(status_by_label["benign"])
+    assert (benign == 429).any(), "benign keys near their limit get 429s too"
+    assert (benign == 200).mean() > 0.9
+
+
+def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    simulate(0.5, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"), scale=0.05,
+             progress=True)
+    assert "simulate [" in capsys.readouterr().err
+    simulate(0.5, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"), scale=0.05,
+             progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_traces_fail_with_a_clear_message(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TracesNotFoundError, match="--traces DIR or MOATWATCH_TRACES"):
+        simulate(1, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"),
+                 traces_dir=str(tmp_path / "nowhere"))
+    monkeypatch.setenv("MOATWATCH_TRACES", str(tmp_path / "elsewhere"))
+    with pytest.raises(TracesNotFoundError, match="elsewhere"):
+        resolve_traces_dir()
+    monkeypatch.delenv("MOATWATCH_TRACES")
+    assert (resolve_traces_dir() / "azure_llm_2023_conv.csv").is_file()
+
+
+def test_rejects_nonsense_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="hours"):
+        simulate(0, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"))
+    with pytest.raises(ValueError, match="scale"):
+        simulate(1, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"), scale=0)
