@@ -20,7 +20,6 @@ before the state that produced them is written, and both before the input offset
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -28,11 +27,12 @@ from typing import Any
 import faust
 import orjson
 
+from models.engine import MODEL_VERSION
 from schemas.validation import InvalidEvent
 from streams.metrics import Metrics
 from streams.pipeline import CampaignRunner, Detector, dead_letter, decode, encode_alert
 from streams.settings import Settings
-from streams.web import install_web, readiness, web_app_options
+from streams.web import install_web, readiness, recovery_complete, web_app_options
 
 __all__ = ["Worker", "create_worker"]
 
@@ -86,7 +86,8 @@ class Worker:
         self._loaded_shared: set[int] = set()
         self._shared_written: dict[int, bytes] = {}
         self._last_offsets: dict[tuple[str, int], int] = {}
-        self._lock = threading.Lock()
+        self._last_totals: dict[str, int] = {}
+        self.metrics.set_build_info(model_version=MODEL_VERSION)
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ app
@@ -108,6 +109,9 @@ class Worker:
             producer_acks=-1,
             broker_commit_every=s.batch_max,
             broker_commit_interval=1.0,
+            # a SIGKILLed worker's partitions move to the survivors after this long
+            broker_session_timeout=s.session_timeout,
+            broker_heartbeat_interval=min(3.0, s.session_timeout / 3.0),
             stream_wait_empty=False,
             **web_app_options(s),
             **_credentials(s),
@@ -224,7 +228,9 @@ class Worker:
             pending.append(await self.dlq_topic.send(key=key, value=value))
         for key, value in forwards:
             pending.append(await self.rekeyed_topic.send(key=key, value=value))
+        score_observe = m.score.observe
         for snap in snaps:
+            score_observe(snap["score"])   # every key evaluation, not only alerting ones
             pending.append(await self.snapshot_topic.send(key=snap["api_key"].encode("utf-8"),
                                                           value=orjson.dumps(snap)))
         pending.extend(await self._send_alerts(alerts))
@@ -286,10 +292,15 @@ class Worker:
         st = self.detector.stats()
         camp = self.campaigns.stats()
         m.tracked_keys.set(st["tracked_keys"])
+        # the cores count cumulatively; a revoked partition takes its counts with it
+        for name, counter in (("evicted_total", m.keys_evicted), ("duplicates_total", m.duplicates)):
+            delta = st[name] - self._last_totals.get(name, 0)
+            if delta > 0:
+                counter.inc(delta)
+            self._last_totals[name] = st[name]
         m.state_bytes.set(st["state_bytes"] + camp.get("state_bytes", 0))
         m.open_episodes.set(st["open_episodes"] + camp.get("open_episodes", 0))
-        ok, _ = readiness(self.app)
-        m.recovery_complete.set(1 if ok else 0)
+        m.recovery_complete.set(1 if recovery_complete(self.app) else 0)
         consumer = self.app.consumer
         try:
             for tp in consumer.assignment():
