@@ -55,6 +55,9 @@ _VARS: tuple[_Var, ...] = (
          "largest batch of events a worker takes at once"),
     _Var("MOATWATCH_BATCH_WITHIN", "batch_within", 0.05, float,
          "seconds a worker waits to fill a batch (bounds added latency)"),
+    _Var("MOATWATCH_SESSION_TIMEOUT", "session_timeout", 30.0, float,
+         "seconds without a heartbeat before the group drops a worker and gives its partitions "
+         "to the others (failover time after a crash)"),
     _Var("MOATWATCH_DATA_DIR", "data_dir", ".local/worker", str,
          "folder for the worker's local data (Faust table state)"),
     _Var("MOATWATCH_LOG_LEVEL", "log_level", "info", str,
@@ -96,6 +99,7 @@ class Settings:
     partitions: int
     batch_max: int
     batch_within: float
+    session_timeout: float
     data_dir: str
     log_level: str
     security_protocol: str
@@ -118,6 +122,10 @@ class Settings:
         if not 0 < self.batch_within <= 5:
             raise SettingsError(
                 f"MOATWATCH_BATCH_WITHIN={self.batch_within}: use seconds in (0, 5]"
+            )
+        if not 3 <= self.session_timeout <= 300:
+            raise SettingsError(
+                f"MOATWATCH_SESSION_TIMEOUT={self.session_timeout}: use seconds in [3, 300]"
             )
         if not self.bootstrap or any(":" not in s for s in self.bootstrap.split(",")):
             raise SettingsError(
