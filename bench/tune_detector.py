@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hours", type=float, default=12.0)
     ap.add_argument("--sim-dir", default=os.environ.get("MOATWATCH_SIM_DIR", "/tmp/sim"))
     ap.add_argument("--set", nargs="*", default=[], help="DetectorConfig overrides, name=value")
+    ap.add_argument("--out-dir", default="/tmp/moatwatch-tune", help="where alert files go")
     ap.add_argument("--dump", help="write per-key peak scores and personas to this JSON file")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                 ev.pop("prompt_text", None)
                 events.append(ev)
         alerts, eps, info = run_core(events, cfg, track=bool(args.dump) or not args.quiet)
-        out = sim_dir / f"seed{seed}.alerts.jsonl"
+        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        out = Path(args.out_dir) / f"seed{seed}.alerts.jsonl"
         with open(out, "wb") as fh:
             for a in alerts:
                 fh.write(orjson.dumps(a) + b"\n")

@@ -145,7 +145,7 @@ class DetectorConfig:
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
-    score_mix: tuple[float, float, float] = (0.55, 0.25, 0.2)
+    score_mix: tuple[float, float, float] = (0.5, 0.35, 0.15)
     population_weight: float = 0.3
     threshold_floor: float = 0.4
     threshold_ceiling: float = 0.75

@@ -85,7 +85,7 @@ F_ABOVE = 47  # consecutive evaluations at or above the threshold
 F_DRIFT_TS = 48  # event time of the key's last upward Page-Hinkley drift
 F_OK_W = 49  # successful (2xx) responses behind the token means (capped count)
 F_HARV_W = 50  # answered requests, decayed
-F_HARV_S = 51  # ... that look like one harvest: first turn, capability topic, long answer
+F_HARV_S = 51  # ... that look like one harvest: capability topic, long answer
 NF = 52
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
@@ -117,8 +117,8 @@ FEATURES = (
 
 #: Why each feature points toward harvesting (the sign is always "higher = more suspicious").
 DIRECTION = {
-    "harvest_share": "+ requests that are each a harvest: first turn, capability topic, answer"
-    " >= 2.5x the prompt (a per-request conjunction, robust to cover traffic)",
+    "harvest_share": "+ requests that are each a harvest: capability topic and an answer >= 2.5x"
+    " the prompt (a per-request conjunction, robust to cover traffic and fake follow-ups)",
     "cot_share": "+ chain-of-thought requests buy the reasoning traces a student model needs",
     "capability_share": "+ code/math/science/reasoning are the capabilities worth distilling",
     "capability_breadth": "+ a sweep over several capability domains, not one product task",
@@ -218,14 +218,11 @@ def apply_event(ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom
         if n_ok < 1000.0:
             f[F_OK_W] = n_ok + 1.0
         # The per-event conjunction is what mixtures (cover traffic, a drifting key's old
-        # workload) cannot average away: a long answer to a first-turn capability question.
-        turn = ev.get("turn")
+        # workload) cannot average away: a long answer to a short capability question. No turn
+        # condition: a real follow-up carries its history in the prompt (small ratio), a fake
+        # follow-up (turn 2 on a fresh short prompt) does not.
         topic = ev.get("topic")
-        harvest = (
-            lr >= _LONG_ANSWER
-            and (turn is None or turn == 1)
-            and (topic is None or topic in _CAP_TOPIC_SET)
-        )
+        harvest = lr >= _LONG_ANSWER and (topic is None or topic in _CAP_TOPIC_SET)
         f[F_HARV_W] = f[F_HARV_W] * d + 1.0
         f[F_HARV_S] = f[F_HARV_S] * d + (1.0 if harvest else 0.0)
     f[F_429] = f[F_429] * d + (alpha if status == 429 else 0.0)
@@ -389,7 +386,7 @@ def direction_features(ks, pop_log_rate: float) -> list[float]:
     else:
         novelty = _NAN
         tmpl = _NAN
-    samp = _share(f, F_SAMP_W, F_SAMP_S)
+    samp = min(_share(f, F_SAMP_W, F_SAMP_S) * 4.0, 1.0)  # 1 when a quarter of requests sample
     sampled = 1.0 - f[F_GREEDY_S] / f[F_TEMP_W] if f[F_TEMP_W] >= _MIN_W else _NAN
     temp_sd = math.sqrt(f[F_TEMP_V]) if f[F_TEMP_W] > 2.0 else 0.0
     temp_t = min(temp_sd / 0.3, 1.0)

@@ -52,7 +52,7 @@ EXTRACTION = (
 AUTOMATION = (
     ("timing_regularity", 1.0),
     ("duty_cycle", 0.7),
-    ("throttled_share", 0.8),
+    ("throttled_share", 0.4),
     ("rate", 1.0),
 )
 _GROUPS = (CONTENT, EXTRACTION, AUTOMATION)
@@ -103,7 +103,7 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
             acc += w * v
     if known_w <= 0.0:
         return 0.0, [0.0] * len(vec)
-    content = acc / known_w * (known_w / _GROUP_W[0]) ** 0.25
+    content = acc / known_w * (known_w / _GROUP_W[0]) ** 0.5
     nov = vec[_NOVELTY]
     gate = 0.3 + 0.7 * nov if nov == nov else 1.0
     sam = vec[_SAMPLED]
@@ -153,7 +153,7 @@ def alert_id(entity_type: str, entity: str, detector: str, episode_seq: int) -> 
 
 
 _EXPLAIN = {
-    "harvest_share": "share of first-turn capability requests with answers >= 2.5x the prompt {o:.2f} vs population {b:.2f}",
+    "harvest_share": "share of capability requests answered with >= 2.5x the prompt {o:.2f} vs population {b:.2f}",
     "sampled_decoding": "share of requests sampled at temperature > 0 {o:.2f} vs population {b:.2f}",
     "cot_share": "cot_request share {o:.2f} vs population {b:.2f}",
     "capability_share": "code/math/science/reasoning share {o:.2f} vs population {b:.2f}",
