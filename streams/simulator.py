@@ -1520,6 +1520,10 @@ def _campaign_specs(w: World, r: np.random.Generator, cid: str, kind: str, c_sta
     shared_tpl = _rand64(r, int(r.integers(8, 40)))
     proto = _distill_style(r, templates=shared_tpl,
                            tpl_topic=r.choice(_CORE, size=len(shared_tpl)))
+    # The campaign's templates are instruction-heavy (a long fixed frame around a short slot),
+    # so their instances stay within a few bits of each other: a family across keys.
+    tpl_q = float(r.uniform(0.01, 0.05))
+    tpl_share = float(r.uniform(0.6, 0.95))
     rounds = None
     if r.random() < 0.5:
         period = float(r.uniform(40, 240))
@@ -1545,8 +1549,8 @@ def _campaign_specs(w: World, r: np.random.Generator, cid: str, kind: str, c_sta
             st.logprobs, st.top_logprobs = proto.logprobs * float(rng.uniform(0.5, 1.5)), proto.top_logprobs
             if kind == "template":
                 # the campaign's own templates: same families on every key, tight variation
-                st.tpl_share = float(np.clip(proto.tpl_share + rng.normal(0, 0.1), 0.5, 0.95))
-                st.tpl_q = proto.tpl_q
+                st.tpl_share = float(np.clip(tpl_share + rng.normal(0, 0.08), 0.5, 0.97))
+                st.tpl_q = tpl_q
                 sub = rng.choice(len(shared_tpl), size=max(3, len(shared_tpl) // 2), replace=False)
                 st.tpl_bases, st.tpl_topic = shared_tpl[sub], proto.tpl_topic[sub]
                 ident = w.identity(rng, kind="human", profile_p=(0.85, 0.15, 0.0, 0.0),
