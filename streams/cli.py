@@ -228,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(format_table(result))
         if args.plot:
-            plot(result, args.truth, args.alerts, args.plot)
+            try:
+                plot(result, args.truth, args.alerts, args.plot)
+            except RuntimeError as exc:   # matplotlib missing: the table is still printed
+                print(f"moatwatch evaluate: no plot: {exc}", file=sys.stderr)
+                return 1
         return 0
     settings = _settings(parser)
     if cmd == "replay":
