@@ -117,7 +117,8 @@ class DetectorConfig:
         An episode resolves when the score stays below ``threshold - resolve_margin`` for
         ``resolve_after`` seconds, or the key is silent for ``quiet_timeout`` seconds.
     fp_penalty
-        Extra threshold for a key an analyst marked false_positive.
+        After an analyst marks a key false_positive, it fires again only above the rejected
+        episode's peak score plus this.
     idle_ttl
         Keys silent this long (event time) are evicted by :meth:`DetectionCore.advance`.
     snapshot_every_seconds, snapshot_min_events
@@ -157,7 +158,7 @@ class DetectorConfig:
     resolve_margin: float = 0.1
     resolve_after: float = 900.0
     quiet_timeout: float = 1800.0
-    fp_penalty: float = 0.15
+    fp_penalty: float = 0.1
     idle_ttl: float = 6 * 3600.0
     snapshot_every_seconds: float = 300.0
     snapshot_min_events: int = 3
@@ -347,10 +348,15 @@ class DetectionCore:
             f[F.F_ABOVE] = 0.0
             return
         if verdict == "false_positive":
+            # Close quietly; from now on only a clearly higher score than the one an analyst
+            # rejected can fire (the bar is set once per verdict, it does not ratchet).
             if ks.ep_sev:
+                rejected = max(f[F.F_PEAK], score)
                 self._close_quietly(k, ks)
                 f[F.F_ABOVE] = 0.0
-            f[F.F_FP_FLOOR] = cfg.fp_penalty
+                f[F.F_FP_FLOOR] = min(rejected + cfg.fp_penalty, 0.99)
+            elif f[F.F_FP_FLOOR] == 0.0:
+                f[F.F_FP_FLOOR] = min(max(score, thr) + cfg.fp_penalty, 0.99)
             thr = self._threshold(ks, ts)
         min_sev = 2 if verdict == "confirmed" else 1
 
@@ -402,7 +408,7 @@ class DetectionCore:
         thr = min(max(q, cfg.threshold_floor), cfg.threshold_ceiling)
         if f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory:
             thr -= cfg.drift_bonus
-        return min(thr + f[F.F_FP_FLOOR], 0.99)
+        return min(max(thr, f[F.F_FP_FLOOR]), 0.99)
 
     def _reasons(self, ks, vec, contrib, det) -> list[tuple[str, float, float, float]]:
         pop = self.population

@@ -1,0 +1,122 @@
+"""Key and shared state serialization: compact, exact round trip, garbage rejected."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
+from detection_streams import mixed_stream  # noqa: E402
+
+from models.codec import decode_key, encode_key  # noqa: E402
+from models.engine import DetectionCore  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def core():
+    c = DetectionCore()
+    for i, e in enumerate(mixed_stream(seed=3, hours=1.0)):
+        c.process(e, i)
+    return c
+
+
+def test_round_trip_is_exact(core):
+    for k in sorted(core.keys):
+        blob = core.export_key(k)
+        again = encode_key(decode_key(blob))
+        assert again == blob
+
+
+def test_key_blobs_are_a_few_hundred_bytes(core):
+    sizes = [len(core.export_key(k)) for k in core.keys]
+    assert max(sizes) <= 900
+    assert sorted(sizes)[len(sizes) // 2] <= 500
+
+
+def test_shared_round_trip(core):
+    blob = core.export_shared()
+    other = DetectionCore()
+    other.import_shared(blob)
+    assert other.export_shared() == blob
+
+
+def test_unknown_key_exports_none(core):
+    assert core.export_key("nope") is None
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        b"",
+        b"garbage",
+        b"\x80\x04\x95pickle",  # a pickle header is just garbage here
+        b"MWK\x02\x00" + bytes(600),
+        b"MWK\x01\x07" + bytes(600),
+        b"MWK\x01\x00" + bytes(10),
+        b"MWK\x01\x01" + b"not zlib",
+    ],
+)
+def test_import_key_rejects_garbage(blob):
+    with pytest.raises(ValueError):
+        DetectionCore().import_key("k", blob)
+
+
+def test_import_key_rejects_non_finite_and_out_of_range(core):
+    k = sorted(core.keys)[0]
+    ks = decode_key(core.export_key(k))
+    ks.f[3] = float("nan")
+    with pytest.raises(ValueError):
+        decode_key(encode_key(ks))
+    ks = decode_key(core.export_key(k))
+    ks.ep_sev = 9
+    with pytest.raises(ValueError):
+        decode_key(encode_key(ks))
+
+
+def test_zlib_bomb_is_bounded():
+    import zlib
+
+    bomb = b"MWK\x01\x01" + zlib.compress(bytes(50_000_000))
+    with pytest.raises(ValueError):
+        decode_key(bomb)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_import_anything_never_crashes_otherwise(blob):
+    core = DetectionCore()
+    try:
+        core.import_key("k", blob)
+    except ValueError:
+        assert not core.has_key("k")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=3000))
+def test_import_shared_garbage_raises_value_error(blob):
+    try:
+        DetectionCore().import_shared(blob)
+    except ValueError:
+        pass
+
+
+def test_truncated_and_bitflipped_real_blobs(core):
+    rng = random.Random(0)
+    blob = core.export_key(sorted(core.keys)[-1])
+    for cut in range(0, len(blob), 7):
+        try:
+            decode_key(blob[:cut])
+        except ValueError:
+            pass
+    for _ in range(200):
+        b = bytearray(blob)
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        try:
+            decode_key(bytes(b))
+        except ValueError:
+            pass

@@ -1,0 +1,315 @@
+"""DetectionCore: the contract the drivers rely on, and the behaviour on-call would notice."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # --import-mode=importlib
+from detection_streams import T0, ci_suite, harvester, human, mixed_stream  # noqa: E402
+
+from models import features as F
+from models.engine import MODEL_VERSION, DetectionCore, DetectorConfig
+from schemas import validate_alert
+
+
+def run(core: DetectionCore, events, start_seq: int = 0, advance_every: float = 5.0):
+    alerts = []
+    next_adv = None
+    for i, ev in enumerate(events):
+        if next_adv is None:
+            next_adv = ev["ts"] + advance_every
+        elif ev["ts"] >= next_adv:
+            alerts += core.advance(ev["ts"])
+            next_adv = ev["ts"] + advance_every
+        alerts += core.process(ev, start_seq + i)
+    return alerts
+
+
+def strip(alerts):
+    return [orjson.dumps({k: v for k, v in a.items() if k != "detected_at"}) for a in alerts]
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return mixed_stream(seed=7, hours=2.0)
+
+
+@pytest.fixture(scope="module")
+def baseline_run(stream):
+    core = DetectionCore()
+    alerts = run(core, stream)
+    alerts += core.advance(stream[-1]["ts"] + 10 * 3600)
+    return core, alerts
+
+
+# -- alerts ------------------------------------------------------------------------------------
+
+
+def test_alerts_satisfy_the_contract(baseline_run):
+    _, alerts = baseline_run
+    assert alerts, "the synthetic harvester must be detected"
+    for a in alerts:
+        validate_alert(a)
+        assert a["detected_at"] == 0.0
+        assert a["model_version"] == MODEL_VERSION
+        assert a["related_entities"] == [] and a["related_total"] == 0
+        assert all(r["explanation"] for r in a["reasons"])
+
+
+def test_harvester_and_drifter_fire_humans_and_ci_do_not(baseline_run):
+    _, alerts = baseline_run
+    firing = {a["entity"] for a in alerts if a["status"] == "firing"}
+    assert "k_harvest" in firing
+    assert "k_drift" in firing
+    assert not any(k.startswith("k_human") for k in firing)
+    assert "k_ci" not in firing
+
+
+def test_drifter_fires_only_after_it_drifts(baseline_run, stream):
+    _, alerts = baseline_run
+    mid = T0 + 3600.0
+    first = min(a["event_ts"] for a in alerts if a["entity"] == "k_drift" and a["status"] == "firing")
+    assert first >= mid
+
+
+def test_episode_dedup_one_id_and_one_resolve(baseline_run):
+    _, alerts = baseline_run
+    mine = [a for a in alerts if a["entity"] == "k_harvest"]
+    ids = {a["alert_id"] for a in mine}
+    assert len(ids) == 1, "firing, escalations and resolved of one episode share the id"
+    sev_order = {"info": 1, "warning": 2, "critical": 3}
+    firing = [a for a in mine if a["status"] == "firing"]
+    # firing only on open and on escalation: strictly increasing severity
+    assert [sev_order[a["severity"]] for a in firing] == sorted({sev_order[a["severity"]] for a in firing})
+    assert [a["status"] for a in mine].count("resolved") == 1
+    assert mine[-1]["status"] == "resolved"
+
+
+def test_reasons_read_like_on_call_lines(baseline_run):
+    _, alerts = baseline_run
+    a = next(a for a in alerts if a["entity"] == "k_harvest" and a["status"] == "firing")
+    text = " ".join(r["explanation"] for r in a["reasons"])
+    assert "vs population" in text
+    assert sum(r["contribution"] for r in a["reasons"]) <= 1.0 + 1e-6
+
+
+# -- determinism and state transfer ------------------------------------------------------------
+
+
+def test_split_export_import_gives_identical_alerts(stream, baseline_run):
+    _, full = baseline_run
+    for cut in random.Random(3).sample(range(100, len(stream) - 100), 3):
+        a = DetectionCore()
+        out = run(a, stream[:cut])
+        blobs = {k: a.export_key(k) for k in sorted(a.keys)}
+        shared = a.export_shared()
+        b = DetectionCore()
+        b.import_shared(shared)
+        for k, blob in blobs.items():
+            b.import_key(k, blob)
+        # the driver's advance cadence continues from the restored event time
+        out += run(b, stream[cut:], start_seq=cut)
+        out += b.advance(stream[-1]["ts"] + 10 * 3600)
+        assert strip(out) == strip(full), f"restored run differs (cut at {cut})"
+
+
+def test_redelivered_events_change_nothing(stream, baseline_run):
+    _, full = baseline_run
+    core = DetectionCore()
+    out = run(core, stream[:1500])
+    before = {k: core.export_key(k) for k in core.keys}
+    out += run(core, stream[1000:1500], start_seq=1000)  # redelivery after a crash
+    assert {k: core.export_key(k) for k in core.keys} == before
+    assert core.stats()["duplicates_total"] == 500
+    out += run(core, stream[1500:], start_seq=1500)
+    out += core.advance(stream[-1]["ts"] + 10 * 3600)
+    assert strip(out) == strip(full)
+
+
+def test_same_alerts_under_another_hash_seed(tmp_path):
+    code = (
+        "import sys, orjson; sys.path[:0] = [%r, %r];"
+        "from detection_streams import mixed_stream; from models.engine import DetectionCore;"
+        "c = DetectionCore(); out = [];"
+        "[out.extend(c.process(e, i)) for i, e in enumerate(mixed_stream(seed=11, hours=1.5))];"
+        "out += c.advance(1e12); sys.stdout.buffer.write(orjson.dumps(out))"
+    ) % (os.getcwd(), os.path.dirname(__file__))
+    outs = []
+    for seed in ("1", "4242"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        outs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True).stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 2
+
+
+def test_alert_ids_deterministic_and_per_episode():
+    from models.policy import alert_id
+
+    assert alert_id("api_key", "k", "key_scrape", 1) == alert_id("api_key", "k", "key_scrape", 1)
+    assert alert_id("api_key", "k", "key_scrape", 1) != alert_id("api_key", "k", "key_scrape", 2)
+
+
+def test_second_episode_gets_a_new_id():
+    rng = random.Random(5)
+    ev = harvester(rng, "k", T0, T0 + 1800) + harvester(rng, "k", T0 + 4 * 3600, T0 + 4 * 3600 + 1800)
+    core = DetectionCore()
+    out = run(core, ev)
+    out += core.advance(T0 + 10 * 3600)
+    ids = [a["alert_id"] for a in out if a["status"] == "firing"]
+    resolved = [a["alert_id"] for a in out if a["status"] == "resolved"]
+    assert len(set(ids)) == 2 and len(resolved) == 2
+
+
+# -- robustness --------------------------------------------------------------------------------
+
+
+def test_input_dict_is_not_aliased_or_mutated(stream):
+    core = DetectionCore()
+    evs = copy.deepcopy(stream[:400])
+    snapshot = copy.deepcopy(evs)
+    run(core, evs)
+    assert evs == snapshot
+    snaps = core.drain_member_snapshots()
+    assert snaps and all(s["groups"] is not None for s in snaps)
+    evs[0]["api_key"] = "mutated"
+    assert "mutated" not in core.keys
+
+
+def test_missing_optional_fields_degrade_without_crashing():
+    rng = random.Random(1)
+    full = harvester(rng, "k", T0, T0 + 3600)
+    required = ("event_id", "ts", "api_key", "prompt_tokens", "completion_tokens", "status")
+    bare = [{k: e[k] for k in required} for e in full]
+    core = DetectionCore()
+    out = run(core, bare)
+    for a in out:
+        validate_alert(a)
+    # and each optional field missing on its own
+    for drop in ("topic", "cot_request", "prompt_simhash", "turn", "temperature", "logprobs"):
+        core = DetectionCore()
+        out = run(core, [{k: v for k, v in e.items() if k != drop} for e in full])
+        assert any(a["status"] == "firing" for a in out), f"harvester lost without {drop}"
+
+
+def test_missing_fields_are_not_suspicious():
+    rng = random.Random(2)
+    required = ("event_id", "ts", "api_key", "prompt_tokens", "completion_tokens", "status")
+    evs = []
+    for j in range(20):
+        evs += [{k: e[k] for k in required} for e in human(rng, f"h{j}", T0, T0 + 4 * 3600, 20)]
+    evs.sort(key=lambda e: e["ts"])
+    assert [a for a in run(DetectionCore(), evs) if a["status"] == "firing"] == []
+
+
+def test_weird_values_do_not_crash():
+    core = DetectionCore()
+    base = {"event_id": "e", "api_key": "k", "prompt_tokens": 0, "completion_tokens": 0, "status": 500}
+    for i, ts in enumerate([T0, T0, T0 - 5000, T0 + 1e6, 0.0, T0 + 1e6 + 0.001]):
+        core.process(dict(base, ts=ts, n=1000, temperature=100.0, turn=10**6, prompt_simhash="0" * 16), i)
+    assert core.has_key("k")
+
+
+# -- direction ---------------------------------------------------------------------------------
+
+
+def test_going_quiet_or_growing_as_a_chat_app_does_not_fire():
+    rng = random.Random(9)
+    evs = []
+    for j in range(10):
+        evs += human(rng, f"h{j}", T0, T0 + 3 * 3600, per_hour=10)
+    # a chat app that grows 20x in volume, still human-shaped
+    evs += human(rng, "grow", T0, T0 + 3600, per_hour=20)
+    evs += human(rng, "grow", T0 + 3600, T0 + 3 * 3600, per_hour=400)
+    # a busy key that goes quiet
+    evs += human(rng, "quiet", T0, T0 + 3600, per_hour=300)
+    evs += human(rng, "quiet", T0 + 3600, T0 + 3 * 3600, per_hour=1)
+    evs.sort(key=lambda e: (e["ts"], e["api_key"]))
+    fired = {a["entity"] for a in run(DetectionCore(), evs) if a["status"] == "firing"}
+    assert not fired
+
+
+def test_ci_suite_repeats_are_not_harvesting():
+    rng = random.Random(4)
+    evs = ci_suite(rng, "ci", T0, T0 + 6 * 3600)
+    assert [a for a in run(DetectionCore(), evs) if a["status"] == "firing"] == []
+
+
+def test_direction_table_covers_every_feature():
+    assert set(F.DIRECTION) == set(F.FEATURES)
+
+
+# -- feedback ----------------------------------------------------------------------------------
+
+
+class FakeFeedback:
+    def __init__(self, verdicts):
+        self.verdicts = verdicts
+        self.calls = 0
+
+    def verdict(self, entity_type, entity, ts):
+        self.calls += 1
+        v = self.verdicts.get(entity)
+        if v is None:
+            return None
+        kind, since = v
+        return kind if ts >= since else None
+
+
+def test_allowlisted_key_is_suppressed(stream):
+    fb = FakeFeedback({"k_harvest": ("allowlisted", 0.0)})
+    out = run(DetectionCore(feedback=fb), stream)
+    assert not [a for a in out if a["entity"] == "k_harvest"]
+    assert fb.calls > 0
+
+
+def test_false_positive_closes_quietly_and_raises_the_bar(stream, baseline_run):
+    _, full = baseline_run
+    first = min(a["event_ts"] for a in full if a["entity"] == "k_harvest")
+    fb = FakeFeedback({"k_harvest": ("false_positive", first + 60.0)})
+    core = DetectionCore(feedback=fb)
+    out = run(core, stream)
+    mine = [a for a in out if a["entity"] == "k_harvest"]
+    assert mine and mine[0]["status"] == "firing"
+    assert all(a["status"] != "resolved" for a in mine), "closed quietly"
+    assert core.stats()["open_episodes"] == len({a["entity"] for a in out if a["entity"] != "k_harvest"} & set(core._open))
+    later = [a for a in mine if a["event_ts"] > first + 60.0 and a["status"] == "firing"]
+    for a in later:  # only a clearly higher score fires again
+        assert a["score"] >= mine[0]["score"] + core.config.fp_penalty - 1e-9
+
+
+def test_confirmed_key_fires_at_least_warning(stream):
+    fb = FakeFeedback({"k_harvest": ("confirmed", 0.0)})
+    out = run(DetectionCore(feedback=fb), stream)
+    firing = [a for a in out if a["entity"] == "k_harvest" and a["status"] == "firing"]
+    assert firing and all(a["severity"] in ("warning", "critical") for a in firing)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"share_alpha": 0.0},
+        {"warmup_events": -1},
+        {"score_mix": (0.5, 0.5, 0.5)},
+        {"threshold_floor": 0.9, "threshold_ceiling": 0.5},
+        {"idle_ttl": float("nan")},
+        {"dup_bits": 30, "template_bits": 20},
+    ],
+)
+def test_config_rejects_bad_hyperparameters(bad):
+    with pytest.raises(ValueError):
+        DetectorConfig(**bad)
+
+
+def test_config_is_frozen():
+    cfg = DetectorConfig()
+    with pytest.raises(Exception):
+        cfg.warmup_events = 3  # type: ignore[misc]
