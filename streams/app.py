@@ -30,7 +30,14 @@ import orjson
 from models.engine import MODEL_VERSION
 from schemas.validation import InvalidEvent
 from streams.metrics import Metrics
-from streams.pipeline import CampaignRunner, Detector, dead_letter, decode, encode_alert
+from streams.pipeline import (
+    CampaignRunner,
+    Detector,
+    dead_letter,
+    decode,
+    encode_alert,
+    partition_for,
+)
 from streams.settings import Settings
 from streams.web import install_web, readiness, recovery_complete, web_app_options
 
@@ -85,6 +92,7 @@ class Worker:
         self.campaigns = CampaignRunner(feedback)
         self._loaded_shared: set[int] = set()
         self._shared_written: dict[int, bytes] = {}
+        self._evicted_seen: dict[int, int] = {}
         self._last_offsets: dict[tuple[str, int], int] = {}
         self._last_totals: dict[str, int] = {}
         self.metrics.set_build_info(model_version=MODEL_VERSION)
@@ -126,10 +134,13 @@ class Worker:
         self.alerts_topic = app.topic(s.alerts_topic, key_serializer="raw", value_serializer="raw")
         self.dlq_topic = app.topic(s.dlq_topic, key_serializer="raw", value_serializer="raw")
         raw = faust.Schema(key_serializer="raw", value_serializer="raw")
-        self.key_state = app.Table("key-state", schema=raw, partitions=self.partitions,
-                                   default=None)
-        self.partition_state = app.Table("partition-state", schema=raw,
-                                         partitions=self.partitions, default=None)
+        # key_type/value_type bytes make Faust use the raw codec for the changelog; with only
+        # schema=raw it writes raw bytes but recovery decodes them as JSON and never finishes.
+        self.key_state = app.Table("key-state", schema=raw, key_type=bytes, value_type=bytes,
+                                   partitions=self.partitions, default=None)
+        self.partition_state = app.Table("partition-state", schema=raw, key_type=bytes,
+                                         value_type=bytes, partitions=self.partitions,
+                                         default=None)
         both = app.topic(s.events_topic, f"{s.app_id}-events-rekeyed", key_serializer="raw",
                          value_serializer="raw", partitions=self.partitions)
         app.agent(both, name="detect")(self._detect_agent)
@@ -147,6 +158,7 @@ class Worker:
                 self.detector.drop(tp.partition)
                 self._loaded_shared.discard(tp.partition)
                 self._shared_written.pop(tp.partition, None)
+                self._evicted_seen.pop(tp.partition, None)
 
     async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **kwargs: Any) -> None:
         n = sum(1 for tp in assigned if tp.topic == self.settings.events_topic)
@@ -161,7 +173,43 @@ class Worker:
             if blob:
                 core.import_shared(blob)
                 self._shared_written[partition] = blob
+            self._restore_keys(partition, core)
+            self._evicted_seen[partition] = core.evicted_total
         return core
+
+    def _partition_keys(self, partition: int) -> list[bytes]:
+        """Keys of the ``key-state`` table that belong to ``partition``."""
+        store = self.key_state.data
+        # the memory store remembers the changelog partition of every key it recovered
+        recovered = getattr(store, "_key_partition", {})
+        n = self.partitions
+        return [kb for kb in list(store.keys())
+                if recovered.get(kb, partition_for(kb, n) if n > 1 else 0) == partition]
+
+    def _restore_keys(self, partition: int, core: Any) -> None:
+        """Load all of a partition's keys from the recovered table when it is first used.
+
+        Loading a key only at its next event is not enough: a key that went silent with an
+        open episode must still be resolved by :meth:`DetectionCore.advance` (and an idle one
+        evicted) at the same event time as in an uninterrupted run, or a restart or a
+        rebalance loses the resolution.
+        """
+        store = self.key_state.data
+        loaded = 0
+        for kb in self._partition_keys(partition):
+            blob = store.get(kb)
+            key = kb.decode("utf-8", "replace")
+            if not blob or core.has_key(key):
+                continue
+            try:
+                core.import_key(key, blob)
+            except ValueError as exc:
+                log.error("key-state of %r on partition %d is unreadable (%s); the key starts "
+                          "fresh. Its changelog record is kept for inspection.", key, partition, exc)
+                continue
+            loaded += 1
+        if loaded:
+            log.info("partition %d: restored %d keys from the key-state changelog", partition, loaded)
 
     async def _detect_agent(self, stream: Any) -> None:
         s = self.settings
@@ -268,6 +316,14 @@ class Worker:
                     data[kb] = blob
                     table.send_changelog(part, kb, blob)
             core.clear_dirty()
+            if core.evicted_total != self._evicted_seen.get(part, core.evicted_total):
+                # evicted keys are gone from the core; tombstone them so neither a restart nor
+                # the key's return after the idle TTL brings back its stale state
+                self._evicted_seen[part] = core.evicted_total
+                for kb in self._partition_keys(part):
+                    if not core.has_key(kb.decode("utf-8", "replace")):
+                        data.pop(kb, None)
+                        table.send_changelog(part, kb, None, value_serializer="raw")
             shared = core.export_shared()
             if shared != self._shared_written.get(part):
                 sk = _SHARED_KEY % part
