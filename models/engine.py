@@ -97,6 +97,8 @@ class DetectorConfig:
         A key cannot fire before it has this many events and this much history.
     share_alpha
         Event-count EW rate of the per-key shares (1/32: about the last 32 events).
+    prior_weight
+        Pseudo-count of the population prior the content shares are shrunk toward.
     dup_bits, template_bits
         SimHash Hamming distance for a near-duplicate / a same-template prompt.
     bloom_rotate
@@ -143,6 +145,7 @@ class DetectorConfig:
     warmup_events: int = 20
     warmup_seconds: float = 120.0
     share_alpha: float = 1.0 / 32.0
+    prior_weight: float = 5.0
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
@@ -200,6 +203,8 @@ class DetectorConfig:
              f"{self.threshold_floor}, {self.threshold_ceiling}")
         need(0.5 <= self.threshold_quantile < 1.0,
              f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}")
+        need(isinstance(self.prior_weight, (int, float)) and 0.0 <= self.prior_weight <= 1000.0,
+             f"prior_weight must be in [0, 1000], got {self.prior_weight}")
         for name in ("threshold_margin", "drift_bonus", "resolve_margin", "fp_penalty", "ph_delta"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
@@ -318,7 +323,7 @@ class DetectionCore:
         f[F.F_LAST_EVAL] = ts
         ks.evals += 1
         pop = self.population
-        vec = direction_features(ks, pop.log_rate)
+        vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight)
         s_dir, contrib = scrape_score(vec, cfg.score_mix)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
@@ -431,7 +436,8 @@ class DetectionCore:
 
     def _resolve(self, k, ks, ts, vec=None, contrib=None) -> dict:
         if vec is None:
-            vec = direction_features(ks, self.population.log_rate)
+            pop = self.population
+            vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight)
             _, contrib = scrape_score(vec, self.config.score_mix)
         alert = self.policy.resolve(ks, k, ks.f[F.F_SCORE], ts, self._reasons(ks, vec, contrib, ks.ep_det))
         ks.f[F.F_ABOVE] = 0.0

@@ -352,13 +352,18 @@ _NAN = float("nan")
 _MIN_W = 3.0
 
 
-def direction_features(ks, pop_log_rate: float) -> list[float]:
+def direction_features(ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
     A feature whose field the key's gateway does not send is NaN ("unknown"), never 0 or 1:
     the scorer drops it and HalfSpaceTrees routes around it. ``pop_log_rate`` is the
     population's typical log1p(events/hour): the rate feature is relative to it, so it scales
     with the deployment rather than with a constant.
+
+    With ``prior`` (the population means, FEATURES order) and ``prior_weight`` > 0, the content
+    shares of a key with little evidence are shrunk toward the population (empirical Bayes:
+    ``(w * share + m * prior) / (w + m)``): five requests that happen to look like harvesting
+    are weak evidence; five hundred are not.
     """
     f = ks.f
     cot = f[F_COT_S] / f[F_COT_W] if f[F_COT_W] >= _MIN_W else _NAN
@@ -402,7 +407,21 @@ def direction_features(ks, pop_log_rate: float) -> list[float]:
     rate_t = math.log1p(events_per_hour(ks)) - pop_log_rate
     rate_t = min(max(rate_t / 3.0, 0.0), 1.0)  # 1 at ~20x the population's typical rate
     harv = f[F_HARV_S] / f[F_HARV_W] if f[F_HARV_W] >= _MIN_W else _NAN
-    return [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t]
+    vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t]
+    if prior is not None and prior_weight > 0.0:
+        # The evidence is the key's event count (the decayed weights saturate at 1/alpha and
+        # would keep shrinking a key with a long, clear history).
+        n = float(ks.events)
+        m = prior_weight
+        for i in _SHRINK:
+            v = vec[i]
+            if v == v:
+                vec[i] = (n * v + m * prior[i]) / (n + m)
+    return vec
+
+
+# Indices of the content shares shrunk toward the population for keys with few events.
+_SHRINK = (0, 1, 2, 3, 4, 5)
 
 
 def new_float_state() -> array:
