@@ -526,6 +526,21 @@ def raw_consume(settings: Any, topic: str, n: int, batch: int = 1000) -> dict[st
             "seconds": t_end - t_first}
 
 
+def _proc_cpu(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        vals = [int(x) for x in fh.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return sum(vals) - idle, sum(vals)
+
+
 def _delete_topics(bootstrap: str, prefix: str) -> int:
     from confluent_kafka.admin import AdminClient
 
@@ -536,6 +551,10 @@ def _delete_topics(bootstrap: str, prefix: str) -> int:
         for fut in admin.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):
                 fut.result()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(
+                t in admin.list_topics(timeout=10).topics for t in names):
+            time.sleep(0.3)
     return len(names)
 
 
@@ -555,8 +574,18 @@ def worker_run(bootstrap: str, prefix: str, tag: str, workdir: str, lines: list[
         _wait_assigned(workers, partitions)
         if profile_s > 0:
             prof = _start_pyspy(workers[0], workdir, profile_s)
+        cpu0 = [_proc_cpu(w.proc.pid) for w in workers]
+        busy0 = _machine_busy()
+        t0 = time.perf_counter()
         prod = _produce_lines(settings, names.events, lines)
         rate = _wait_consumed(workers, len(lines), timeout=600)
+        wall = time.perf_counter() - t0
+        busy1 = _machine_busy()
+        # CPU seconds per wall second of each worker (1.0 = one core saturated), and the
+        # whole machine's busy share (all cores) over the same window: is anything idle?
+        rate["worker_cpu"] = [round((_proc_cpu(w.proc.pid) - c) / wall, 3)
+                              for w, c in zip(workers, cpu0, strict=True)]
+        rate["machine_busy"] = round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 3)
         rate["produce_events_per_s"] = prod["events_per_s"]
         if prof is not None:
             rate["profile"] = _finish_pyspy(prof)
@@ -911,6 +940,11 @@ def format_report(r: dict[str, Any]) -> str:
         if runs:
             lines.append(f"{label:44} {_fmt(_median(runs)):>10} "
                          f"{' '.join(_fmt(x) for x in runs):>32}")
+    if tp.get("worker1_cpu"):
+        lines.append(f"{'worker CPU, cores busy (x1 / x2 total)':44} "
+                     f"{_fmt(_median(tp['worker1_cpu'])):>10} / {_fmt(_median(tp['worker2_cpu']))}"
+                     f"   machine busy {_median(tp['machine_busy_w1']):.0%} / "
+                     f"{_median(tp['machine_busy_w2']):.0%}")
     for key, label in (("replay_over_peer", "replay / naive peer"),
                        ("replay_over_decode_limit", "replay / decode limit"),
                        ("worker1_over_raw", "worker(1) / raw consume"),
@@ -945,6 +979,19 @@ def format_report(r: dict[str, Any]) -> str:
         if rb:
             lines.append(f"export_key on the simulated keys ({rb['keys']}): median {rb['median']:.0f} B, "
                          f"p99 {rb['p99']:.0f} B, max {rb['max']} B")
+    prof = r.get("profile_replay")
+    if prof:
+        lines.append("")
+        lines.append("replay profile (cProfile, own time):")
+        for row in prof[:8]:
+            lines.append(f"  {row['own_share']:6.1%}  {row['function']}")
+    pw = r.get("profile_worker")
+    if pw and pw.get("own"):
+        lines.append(f"worker profile (py-spy, {pw['samples']} samples): own / inclusive")
+        for a, b in zip(pw["own"][:8], pw["inclusive"][:8], strict=False):
+            lines.append(f"  {a['share']:6.1%}  {a['function']:58} {b['share']:6.1%}  {b['function']}")
+    elif pw:
+        lines.append(f"worker profile: {pw.get('error')}")
     lines.append("")
     lines.append("targets:")
     for t in r.get("targets", []):
@@ -967,6 +1014,7 @@ def run_bench(settings: Any, args: Any) -> int:
     }
     workdir = tempfile.mkdtemp(prefix="mwbench-")
     prefix = f"mwbench-{uuid.uuid4().hex[:8]}"
+    r["prefix"] = prefix
     try:
         _say(f"simulating {sizes.sim_hours} h at scale {sizes.sim_scale} (workdir {workdir})")
         ev = make_events(workdir, sizes)
@@ -1013,11 +1061,17 @@ def run_bench(settings: Any, args: Any) -> int:
             tp["worker1"].append(w1["events_per_s"])
             tp["worker2"].append(w2["events_per_s"])
             tp["produce"].append(w1["produce_events_per_s"])
+            tp.setdefault("worker1_cpu", []).append(w1["worker_cpu"][0])
+            tp.setdefault("worker2_cpu", []).append(sum(w2["worker_cpu"]))
+            tp.setdefault("machine_busy_w1", []).append(w1["machine_busy"])
+            tp.setdefault("machine_busy_w2", []).append(w2["machine_busy"])
             ratios["worker1_over_raw"].append(w1["events_per_s"] / raw["events_per_s"])
             ratios["worker2_over_raw"].append(w2["events_per_s"] / raw["events_per_s"])
             _say(f"  raw consume {raw['events_per_s']:,.0f}/s, worker x1 {w1['events_per_s']:,.0f}/s, "
                  f"worker x2 {w2['events_per_s']:,.0f}/s (split {w2['per_worker_consumed']}), "
-                 f"producer {w1['produce_events_per_s']:,.0f}/s")
+                 f"producer {w1['produce_events_per_s']:,.0f}/s; worker CPU x1 {w1['worker_cpu']}, "
+                 f"x2 {w2['worker_cpu']} (cores); machine busy {w1['machine_busy']:.0%}/"
+                 f"{w2['machine_busy']:.0%}")
         tp.update({k: _median(v) for k, v in ratios.items()})
         tp["peer_keys"] = peer["keys"]
         r["throughput"] = tp
