@@ -46,8 +46,8 @@ CONTENT = (
     ("output_ratio", 1.0),
 )
 EXTRACTION = (
-    ("sampling_share", 1.0),
-    ("temperature_spread", 1.0),
+    ("sampling_share", 0.9),
+    ("temperature_spread", 0.9),
 )
 AUTOMATION = (
     ("timing_regularity", 1.0),
@@ -109,15 +109,20 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
     sam = vec[_SAMPLED]
     if sam == sam:
         gate *= 0.5 + 0.5 * sam
-    g = [content]
-    for idx, tot in zip(_GROUP_IDX[1:], _GROUP_W[1:]):
-        s = 0.0
-        for i, w in idx:
-            v = vec[i]
-            if v == v:
-                s += w * v
-        g.append(s / tot)
-    _, extraction, automation = g
+    # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep is the tell, one is
+    # enough. Automation is a weighted mean: each of its tells is weak alone.
+    keep = 1.0
+    for i, w in _GROUP_IDX[1]:
+        v = vec[i]
+        if v == v:
+            keep *= 1.0 - w * v
+    extraction = 1.0 - keep
+    s = 0.0
+    for i, w in _GROUP_IDX[2]:
+        v = vec[i]
+        if v == v:
+            s += w * v
+    automation = s / _GROUP_W[2]
     c0, c1, c2 = mix
     score = content * gate * (c0 + c1 * extraction + c2 * automation)
     contrib = [0.0] * len(vec)
@@ -126,6 +131,7 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
         # the content features share the c0 part, each other group shares its own part.
         parts = (c0 + 0.0, c1 * extraction, c2 * automation)
         for part, grp, gi in ((parts[0], content, 0), (parts[1], extraction, 1), (parts[2], automation, 2)):
+            # (within extraction the shares follow each tell's weighted value, as for the others)
             if grp > 0 and part > 0:
                 denom = sum(w * vec[i] for i, w in _GROUP_IDX[gi] if vec[i] == vec[i])
                 for i, w in _GROUP_IDX[gi]:
