@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "ADVANCE_EVERY_S",
     "CampaignRunner",
     "DEAD_LETTER_PREVIEW_BYTES",
+    "MAX_FUTURE_SKEW_S",
     "Detector",
     "encode_alert",
     "dead_letter",
@@ -42,6 +44,12 @@ __all__ = [
 DEAD_LETTER_PREVIEW_BYTES = 64 * 1024
 
 _DERIVED = ("prompt_simhash", "topic", "cot_request")
+
+#: Events stamped more than this far ahead of the machine's clock are rejected (``out_of_range``),
+#: like Kafka's own ``log.message.timestamp.after.max.ms`` (1 hour). One schema-valid event from
+#: the year 3000 would otherwise move its partition's event-time clock there: every key evicted
+#: at once and no housekeeping (eviction, quiet resolution) ever again on that partition.
+MAX_FUTURE_SKEW_S = 3600.0
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -66,6 +74,10 @@ def decode(raw: bytes | str) -> dict[str, Any]:
     Raises :class:`~schemas.validation.InvalidEvent` for anything that is not a QueryEvent v1.
     """
     event = decode_event(raw)
+    ahead = event["ts"] - time.time()
+    if ahead > MAX_FUTURE_SKEW_S:
+        raise InvalidEvent("out_of_range", f"ts is {ahead:.0f} s ahead of this machine's clock "
+                           f"(at most {MAX_FUTURE_SKEW_S:.0f} s allowed): fix the sender's clock")
     text = event.pop("prompt_text", None)
     if text is not None and any(f not in event for f in _DERIVED):
         for name, value in derive_prompt_fields(text).items():
