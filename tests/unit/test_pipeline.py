@@ -77,3 +77,16 @@ def test_detector_partitions_and_redelivery():
     assert det.stats()["duplicates_total"] == before["duplicates_total"] + 1
     det.drop(p)
     assert det.cores == {}
+
+
+def test_housekeeping_clock_ignores_a_lone_jump_but_follows_a_confirmed_gap():
+    from streams.pipeline import MAX_CLOCK_JUMP_S, _Clock
+
+    c = _Clock()
+    assert c.due(1000.0) is None
+    assert c.due(1006.0) == 1005.0
+    assert c.due(1e12) is None                          # lone outlier: ignored
+    assert c.due(1012.0) == 1010.0                      # the real stream goes on
+    gap = 1012.0 + MAX_CLOCK_JUMP_S * 3
+    assert c.due(gap) is None                            # first event after a long gap: held
+    assert c.due(gap + 1.0) == (gap + 1.0) // 5 * 5       # confirmed by the next one
