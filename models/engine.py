@@ -133,7 +133,7 @@ class DetectorConfig:
     Examples
     --------
     >>> DetectorConfig().warmup_events
-    6
+    4
     >>> DetectorConfig(share_alpha=2.0)
     Traceback (most recent call last):
     ...
@@ -142,16 +142,16 @@ class DetectorConfig:
 
     eval_every_events: int = 16
     eval_every_seconds: float = 60.0
-    warmup_events: int = 6
+    warmup_events: int = 4
     warmup_seconds: float = 60.0
     share_alpha: float = 1.0 / 32.0
     prior_weight: float = 5.0
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
-    score_mix: tuple[float, float, float] = (0.5, 0.35, 0.15)
+    score_mix: tuple[float, float, float] = (0.45, 0.35, 0.2)
     population_weight: float = 0.3
-    threshold_floor: float = 0.37
+    threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
     threshold_quantile: float = 0.995
     threshold_margin: float = 0.05
