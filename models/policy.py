@@ -85,13 +85,25 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
 
     Examples
     --------
-    >>> harvest = [0.9, 0.9, 0.8, 1.0, 0.9, 1.0, 0.5, 0.8, 0.7, 0.9, 0.9, 0.3, 0.8]
-    >>> chat = [0.05, 0.2, 0.1, 0.3, 0.3, 0.9, 0.0, 0.0, 0.0, 0.1, 0.2, 0.0, 0.1]
-    >>> round(scrape_score(harvest, (0.4, 0.3, 0.3))[0], 2), round(scrape_score(chat, (0.4, 0.3, 0.3))[0], 2)
-    (0.74, 0.07)
-    >>> nan = float("nan")  # a gateway without a topic classifier: unknown, not suspicious
-    >>> round(scrape_score([nan, nan, nan] + harvest[3:], (0.4, 0.3, 0.3))[0], 2)
-    0.61
+    >>> def vec(**kw):
+    ...     return [kw.get(n, 0.0) for n in FEATURES]
+    >>> harvest = vec(harvest_share=0.9, cot_share=0.8, capability_share=0.95,
+    ...               capability_breadth=0.7, single_turn_share=1.0, output_ratio=0.9,
+    ...               novelty=1.0, sampled_decoding=1.0, sampling_share=0.6,
+    ...               temperature_spread=0.5, timing_regularity=0.8, duty_cycle=0.9, rate=0.7)
+    >>> chat = vec(harvest_share=0.05, cot_share=0.05, capability_share=0.2,
+    ...            single_turn_share=0.3, output_ratio=0.2, novelty=1.0, sampled_decoding=1.0)
+    >>> mix = (0.45, 0.35, 0.2)
+    >>> round(scrape_score(harvest, mix)[0], 2), round(scrape_score(chat, mix)[0], 2)
+    (0.75, 0.05)
+    >>> eval_run = list(harvest); eval_run[FEATURES.index("sampled_decoding")] = 0.0
+    >>> round(scrape_score(eval_run, mix)[0], 2)  # greedy decoding halves the content evidence
+    0.37
+    >>> no_topics = list(harvest)
+    >>> for n in ("cot_share", "capability_share", "capability_breadth"):
+    ...     no_topics[FEATURES.index(n)] = float("nan")  # unknown: neither accuses nor acquits
+    >>> round(scrape_score(no_topics, mix)[0], 2)
+    0.59
     """
     cidx = _GROUP_IDX[0]
     known_w = 0.0
