@@ -100,6 +100,19 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------------------ machine
+def code_version() -> dict[str, Any]:
+    """The commit measured, and any uncommitted change to the measured packages."""
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO,
+                                  timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "streams", "models",
+                                  "schemas").splitlines() if ln]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": dirty}
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
@@ -921,6 +934,9 @@ def format_report(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines.append(f"moatwatch bench ({r['mode']}) {r['date']} on {m['nproc']} cores {m['cpu']}, "
                  f"Python {m['python']}, load avg at start {m['loadavg_at_start']}")
+    code = r.get("code", {})
+    lines.append(f"code: {code.get('commit', '?')}"
+                 + (f" + uncommitted {', '.join(code['uncommitted'])}" if code.get("uncommitted") else ""))
     ev = r["events"]
     lines.append(f"events: {ev['count']:,} simulated ({ev['hours']} h, scale {ev['scale']}, "
                  f"{ev['keys']} keys, seed {ev['seed']})")
@@ -1010,7 +1026,7 @@ def run_bench(settings: Any, args: Any) -> int:
         "mode": mode, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": "moatwatch bench" + (" --smoke" if mode == "smoke" else "")
                    + (" --skip-kafka" if skip_kafka else ""),
-        "machine": machine_info(), "sizes": asdict(sizes),
+        "machine": machine_info(), "code": code_version(), "sizes": asdict(sizes),
     }
     workdir = tempfile.mkdtemp(prefix="mwbench-")
     prefix = f"mwbench-{uuid.uuid4().hex[:8]}"
