@@ -248,7 +248,10 @@ class Worker:
             key = event["api_key"]
             kb = key.encode("utf-8")
             if msg.topic == events_topic and msg.key != kb:
-                forwards.append((kb, raw))   # re-key: all of a key's events on one partition
+                # re-key: all of a key's events on one partition. The decoded event goes, not
+                # the raw bytes: prompt_text (already folded into the derived fields) must not
+                # leave the process, and decoding it again gives the same event.
+                forwards.append((kb, orjson.dumps(event)))
                 continue
             part = msg.partition
             core = self._core_for(part)

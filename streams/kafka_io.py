@@ -42,16 +42,56 @@ def _explain(settings: Settings, err: Any) -> str:
     return f"{text} ({hint}; infra/kafka/local-kafka status shows the local broker)"
 
 
+class _ErrorTrap:
+    """librdkafka ``error_cb``: remembers errors that retrying cannot fix (bad credentials, TLS).
+
+    librdkafka retries an authentication failure forever and only logs it; without this a
+    wrong password looked like "broker transport failure" after the full timeout.
+    """
+
+    _FATAL = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+              KafkaError._SSL, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+              KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+
+    def __init__(self) -> None:
+        self.fatal: Any = None
+
+    def __call__(self, err: Any) -> None:
+        if self.fatal is None and (err.code() in self._FATAL or err.fatal()):
+            self.fatal = err
+
+
+def _with_trap(settings: Settings) -> tuple[dict[str, Any], _ErrorTrap]:
+    trap = _ErrorTrap()
+    conf = settings.confluent_config()
+    conf["error_cb"] = trap
+    return conf, trap
+
+
 def admin(settings: Settings) -> AdminClient:
     return AdminClient(settings.confluent_config())
 
 
+def _metadata(settings: Settings, topic: str | None, timeout: float) -> Any:
+    """Cluster metadata, failing at once (not after ``timeout``) when Kafka refuses us."""
+    conf, trap = _with_trap(settings)
+    cli = AdminClient(conf)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return cli.list_topics(topic=topic, timeout=max(0.1, min(1.0, left)))
+        except KafkaException as exc:
+            cli.poll(0)   # serves error_cb
+            if trap.fatal is not None:
+                raise KafkaUnavailable(_explain(settings, trap.fatal)) from None
+            if left <= 1.0:
+                raise KafkaUnavailable(_explain(settings, exc.args[0] if exc.args else exc)) from None
+
+
 def topic_partitions(settings: Settings, topic: str, timeout: float = 10.0) -> int | None:
     """Partition count of ``topic``, None if it does not exist. Raises KafkaUnavailable."""
-    try:
-        md = admin(settings).list_topics(topic=topic, timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaUnavailable(_explain(settings, exc.args[0] if exc.args else exc)) from None
+    md = _metadata(settings, topic, timeout)
     t = md.topics.get(topic)
     if t is None or t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
         return None
@@ -62,11 +102,8 @@ def topic_partitions(settings: Settings, topic: str, timeout: float = 10.0) -> i
 
 def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 15.0) -> dict[str, int]:
     """Create missing topics with the given partition counts; return every topic's real count."""
+    md = _metadata(settings, None, timeout)   # fails fast on bad credentials
     cli = admin(settings)
-    try:
-        md = cli.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaUnavailable(_explain(settings, exc.args[0] if exc.args else exc)) from None
     missing = [NewTopic(t, num_partitions=n, replication_factor=1)
                for t, n in topics.items() if t not in md.topics]
     if missing:
@@ -195,7 +232,7 @@ def consume_json(settings: Settings, topic: str, *, from_beginning: bool = False
 
     Without ``group_id`` it reads with a throw-away group and commits nothing.
     """
-    conf = settings.confluent_config()
+    conf, trap = _with_trap(settings)
     conf.update({
         "group.id": group_id or f"moatwatch-reader-{time.time_ns()}",
         "enable.auto.commit": bool(group_id),
@@ -210,6 +247,8 @@ def consume_json(settings: Settings, topic: str, *, from_beginning: bool = False
         last = time.monotonic()
         while True:
             msg = consumer.poll(0.2)
+            if trap.fatal is not None:
+                raise KafkaUnavailable(_explain(settings, trap.fatal))
             if msg is None:
                 if time.monotonic() - last > timeout:
                     return
