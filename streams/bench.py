@@ -504,9 +504,19 @@ def _produce_lines(settings: Any, topic: str, lines: list[bytes]) -> dict[str, f
     return {"events_per_s": len(lines) / dt, "seconds": dt}
 
 
-def raw_consume(settings: Any, topic: str, n: int, batch: int = 1000) -> dict[str, float]:
-    """confluent-kafka batch consume + orjson decode of ``n`` messages (the worker's limit)."""
+def raw_consume(settings: Any, topic: str, n: int, batch: int = 1000, *,
+                detect_partitions: int = 0) -> dict[str, float]:
+    """confluent-kafka batch consume + orjson decode of ``n`` messages (the worker's limit).
+
+    With ``detect_partitions`` it also runs moatwatch's ``decode`` and the
+    :class:`~streams.pipeline.Detector` on each message (no state writes, no alerts sent):
+    what the detection costs on top of the limit, without Faust.
+    """
     from confluent_kafka import Consumer
+
+    from streams.pipeline import Detector, decode
+
+    det = Detector(detect_partitions) if detect_partitions else None
 
     conf = settings.confluent_config()
     conf.update({"group.id": f"mwbench-raw-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
@@ -525,11 +535,19 @@ def raw_consume(settings: Any, topic: str, n: int, batch: int = 1000) -> dict[st
                 continue
             if t_first is None:
                 t_first = t_call   # includes the fetch of the first batch
-            for m in msgs:
-                if m.error():
-                    continue
-                loads(m.value())
-                got += 1
+            if det is None:
+                for m in msgs:
+                    if m.error():
+                        continue
+                    loads(m.value())
+                    got += 1
+            else:
+                process = det.process
+                for m in msgs:
+                    if m.error():
+                        continue
+                    process(decode(m.value()), partition=m.partition(), seq=m.offset())
+                    got += 1
         t_end = time.perf_counter()
     finally:
         c.close()
@@ -950,6 +968,7 @@ def format_report(r: dict[str, Any]) -> str:
                        ("replay_peer_subset", "moatwatch replay, the peer's events *"),
                        ("replay", "moatwatch replay (in process), all events"),
                        ("raw_consume", "limit: confluent batch consume + orjson"),
+                       ("raw_consume_detect", "confluent consume + decode + Detector"),
                        ("worker1", "moatwatch worker, 1 process"),
                        ("worker2", "moatwatch worker, 2 processes")):
         runs = tp.get(key)
@@ -1046,7 +1065,8 @@ def run_bench(settings: Any, args: Any) -> int:
                                               "replay_peer_subset", "replay")}
         ratios: dict[str, list[float]] = {"replay_over_peer": [], "replay_over_decode_limit": []}
         if not skip_kafka:
-            tp.update({"raw_consume": [], "worker1": [], "worker2": [], "produce": []})
+            tp.update({"raw_consume": [], "raw_consume_detect": [], "worker1": [], "worker2": [],
+                       "produce": []})
             ratios.update({"worker1_over_raw": [], "worker2_over_raw": []})
         bootstrap = settings.bootstrap
         for rnd in range(sizes.repeats):
@@ -1072,8 +1092,11 @@ def run_bench(settings: Any, args: Any) -> int:
             _say(f"round {rnd + 1}/{sizes.repeats}: Kafka")
             w1 = worker_run(bootstrap, prefix, f"w1r{rnd}", workdir, lines, 1, sizes.partitions)
             raw = raw_consume(w1["settings"], w1["topic"], len(lines))
+            raw_det = raw_consume(w1["settings"], w1["topic"], len(lines),
+                                  detect_partitions=sizes.partitions)
             w2 = worker_run(bootstrap, prefix, f"w2r{rnd}", workdir, lines, 2, sizes.partitions)
             tp["raw_consume"].append(raw["events_per_s"])
+            tp["raw_consume_detect"].append(raw_det["events_per_s"])
             tp["worker1"].append(w1["events_per_s"])
             tp["worker2"].append(w2["events_per_s"])
             tp["produce"].append(w1["produce_events_per_s"])
@@ -1083,7 +1106,8 @@ def run_bench(settings: Any, args: Any) -> int:
             tp.setdefault("machine_busy_w2", []).append(w2["machine_busy"])
             ratios["worker1_over_raw"].append(w1["events_per_s"] / raw["events_per_s"])
             ratios["worker2_over_raw"].append(w2["events_per_s"] / raw["events_per_s"])
-            _say(f"  raw consume {raw['events_per_s']:,.0f}/s, worker x1 {w1['events_per_s']:,.0f}/s, "
+            _say(f"  raw consume {raw['events_per_s']:,.0f}/s (+ decode + detect "
+                 f"{raw_det['events_per_s']:,.0f}/s), worker x1 {w1['events_per_s']:,.0f}/s, "
                  f"worker x2 {w2['events_per_s']:,.0f}/s (split {w2['per_worker_consumed']}), "
                  f"producer {w1['produce_events_per_s']:,.0f}/s; worker CPU x1 {w1['worker_cpu']}, "
                  f"x2 {w2['worker_cpu']} (cores); machine busy {w1['machine_busy']:.0%}/"

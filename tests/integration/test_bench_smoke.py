@@ -28,7 +28,7 @@ def test_bench_smoke_measures_kafka_side(bootstrap, tmp_path, monkeypatch):
     assert main(["bench", "--smoke", "--out", str(out)]) == 0
     r = orjson.loads(out.read_bytes())
     tp = r["throughput"]
-    for name in ("raw_consume", "worker1", "worker2", "produce"):
+    for name in ("raw_consume", "raw_consume_detect", "worker1", "worker2", "produce"):
         assert tp[name] and all(_ok(x) for x in tp[name]), (name, tp[name])
     assert _ok(tp["worker1_over_raw"]) and _ok(tp["worker2_over_raw"])
     phases = r["latency"]["phases"]
