@@ -114,7 +114,8 @@ class DetectorConfig:
         Consecutive evaluations at or above the threshold needed to open an episode.
     drift_bonus, drift_memory
         After an upward Page-Hinkley drift, the threshold is lowered by ``drift_bonus`` for
-        ``drift_memory`` seconds of event time.
+        ``drift_memory`` seconds of event time, while its direction score is at least
+        ``drift_min_rise`` above its own slow baseline.
     resolve_margin, resolve_after, quiet_timeout
         An episode resolves when the score stays below ``threshold - resolve_margin`` for
         ``resolve_after`` seconds, or the key is silent for ``quiet_timeout`` seconds.
@@ -158,6 +159,7 @@ class DetectorConfig:
     confirm_evals: int = 2
     drift_bonus: float = 0.05
     drift_memory: float = 1800.0
+    drift_min_rise: float = 0.1
     resolve_margin: float = 0.1
     resolve_after: float = 900.0
     quiet_timeout: float = 1800.0
@@ -205,7 +207,7 @@ class DetectorConfig:
              f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}")
         need(isinstance(self.prior_weight, (int, float)) and 0.0 <= self.prior_weight <= 1000.0,
              f"prior_weight must be in [0, 1000], got {self.prior_weight}")
-        for name in ("threshold_margin", "drift_bonus", "resolve_margin", "fp_penalty", "ph_delta"):
+        for name in ("threshold_margin", "drift_bonus", "drift_min_rise", "resolve_margin", "fp_penalty", "ph_delta"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
         need(self.ph_threshold > 0, f"ph_threshold must be > 0, got {self.ph_threshold}")
@@ -327,7 +329,7 @@ class DetectionCore:
         s_dir, contrib = scrape_score(vec, cfg.score_mix)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
-        thr = self._threshold(ks, ts)
+        thr = self._threshold(ks, ts, s_dir)
         # Score before learn; learn only from keys that are neither flagged nor near the line.
         learn = warm and not flagged and s_dir < thr
         hst = pop.score_then_learn(vec, s_dir, learn)
@@ -362,7 +364,7 @@ class DetectionCore:
                 f[F.F_FP_FLOOR] = min(rejected + cfg.fp_penalty, 0.99)
             elif f[F.F_FP_FLOOR] == 0.0:
                 f[F.F_FP_FLOOR] = min(max(score, thr) + cfg.fp_penalty, 0.99)
-            thr = self._threshold(ks, ts)
+            thr = self._threshold(ks, ts, s_dir)
         min_sev = 2 if verdict == "confirmed" else 1
 
         if not warm:
@@ -406,12 +408,18 @@ class DetectionCore:
             elif ts - f[F.F_BELOW_SINCE] >= cfg.resolve_after and verdict != "confirmed":
                 out.append(self._resolve(k, ks, ts, vec, contrib))
 
-    def _threshold(self, ks: KeyState, ts: float) -> float:
+    def _threshold(self, ks: KeyState, ts: float, s_dir: float) -> float:
         cfg = self.config
         f = ks.f
         q = self.population.quantile(cfg.threshold_quantile) + cfg.threshold_margin
         thr = min(max(q, cfg.threshold_floor), cfg.threshold_ceiling)
-        if f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory:
+        # A key that changed toward harvesting (Page-Hinkley drift, and well above its own
+        # slow baseline) gets a slightly lower bar for a while: change is evidence too.
+        if (
+            f[F.F_DRIFT_TS] > 0
+            and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
+            and s_dir - f[F.F_BASE] >= cfg.drift_min_rise
+        ):
             thr -= cfg.drift_bonus
         return min(max(thr, f[F.F_FP_FLOOR]), 0.99)
 

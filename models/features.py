@@ -86,7 +86,9 @@ F_DRIFT_TS = 48  # event time of the key's last upward Page-Hinkley drift
 F_OK_W = 49  # successful (2xx) responses behind the token means (capped count)
 F_HARV_W = 50  # answered requests, decayed
 F_HARV_S = 51  # ... that look like one harvest: capability topic, long answer
-NF = 52
+F_STREAM_W = 52  # events that say whether they stream
+F_BATCH_S = 53  # ... and do not (a client collecting whole answers, not a UI)
+NF = 54
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
@@ -113,6 +115,7 @@ FEATURES = (
     "duty_cycle",
     "throttled_share",
     "rate",
+    "non_streaming_share",
 )
 
 #: Why each feature points toward harvesting (the sign is always "higher = more suspicious").
@@ -134,6 +137,9 @@ DIRECTION = {
     "duty_cycle": "+ flat activity, minute after minute",
     "throttled_share": "+ pinned at the rate limit (429s)",
     "rate": "+ volume above the population's typical key",
+    "non_streaming_share": "+ whole answers collected by a program; interactive products stream"
+    " tokens to a person (weak alone: batch, CI and evals do not stream either). Unknown when"
+    " not sent",
 }
 
 
@@ -240,6 +246,11 @@ def apply_event(ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom
             for i in range(F_TOP0, F_TOP0 + 7):
                 f[i] *= d
             f[F_TOP0 + ti] += 1.0
+
+    v = ev.get("stream")
+    if v is not None:
+        f[F_STREAM_W] = f[F_STREAM_W] * d + 1.0
+        f[F_BATCH_S] = f[F_BATCH_S] * d + (0.0 if v else 1.0)
 
     v = ev.get("turn")
     if v is not None:
@@ -407,7 +418,8 @@ def direction_features(ks, pop_log_rate: float, prior=None, prior_weight: float 
     rate_t = math.log1p(events_per_hour(ks)) - pop_log_rate
     rate_t = min(max(rate_t / 3.0, 0.0), 1.0)  # 1 at ~20x the population's typical rate
     harv = f[F_HARV_S] / f[F_HARV_W] if f[F_HARV_W] >= _MIN_W else _NAN
-    vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t]
+    batch = f[F_BATCH_S] / f[F_STREAM_W] if f[F_STREAM_W] >= _MIN_W else _NAN
+    vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t, batch]
     if prior is not None and prior_weight > 0.0:
         # The evidence is the key's event count (the decayed weights saturate at 1/alpha and
         # would keep shrinking a key with a long, clear history).

@@ -54,6 +54,7 @@ AUTOMATION = (
     ("duty_cycle", 0.7),
     ("throttled_share", 0.4),
     ("rate", 1.0),
+    ("non_streaming_share", 0.8),
 )
 _GROUPS = (CONTENT, EXTRACTION, AUTOMATION)
 _GROUP_IDX = tuple(tuple((_IDX[n], w) for n, w in g) for g in _GROUPS)
@@ -95,15 +96,15 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
     ...            single_turn_share=0.3, output_ratio=0.2, novelty=1.0, sampled_decoding=1.0)
     >>> mix = (0.45, 0.35, 0.2)
     >>> round(scrape_score(harvest, mix)[0], 2), round(scrape_score(chat, mix)[0], 2)
-    (0.75, 0.05)
+    (0.72, 0.05)
     >>> eval_run = list(harvest); eval_run[FEATURES.index("sampled_decoding")] = 0.0
     >>> round(scrape_score(eval_run, mix)[0], 2)  # greedy decoding halves the content evidence
-    0.37
+    0.36
     >>> no_topics = list(harvest)
     >>> for n in ("cot_share", "capability_share", "capability_breadth"):
     ...     no_topics[FEATURES.index(n)] = float("nan")  # unknown: neither accuses nor acquits
     >>> round(scrape_score(no_topics, mix)[0], 2)
-    0.59
+    0.57
     """
     cidx = _GROUP_IDX[0]
     known_w = 0.0
@@ -134,7 +135,7 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
         v = vec[i]
         if v == v:
             s += w * v
-    automation = s / _GROUP_W[2]
+    automation = s / _GROUP_W[2]  # unknown (NaN) automation tells count as 0
     c0, c1, c2 = mix
     score = content * gate * (c0 + c1 * extraction + c2 * automation)
     contrib = [0.0] * len(vec)
@@ -186,6 +187,7 @@ _EXPLAIN = {
     "duty_cycle": "active-minute share {o:.2f} vs population {b:.2f}",
     "throttled_share": "rate-limited (429) share {o:.2f} (scaled) vs population {b:.2f}",
     "rate": "{o:.0f} events/hour vs population typical {b:.0f}",
+    "non_streaming_share": "non-streaming share {o:.2f} vs population {b:.2f}",
     "drift_score": "score rose to {o:.2f} from the key's own baseline {b:.2f}",
 }
 
