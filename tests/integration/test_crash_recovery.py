@@ -138,7 +138,7 @@ def test_sigkill_three_times_then_same_alerts_and_nothing_lost(names, worker_fac
     assert sum(ends.values()) == sent
 
     kills = []
-    for run in range(3):
+    for _run in range(3):
         worker = worker_factory(extra_env=FAST_GROUP).start()
         worker.wait_ready()
         # a seeded random point of the stream: after this many events of this run

@@ -134,8 +134,7 @@ def test_oversized_and_deeply_nested_messages_are_rejected_not_crashing():
 
 @pytest.mark.parametrize("ts", FAR_TIMES)
 def test_timestamps_far_in_the_past_and_future(ts):
-    raw = orjson.dumps({**GOOD, "ts": ts}) if not (isinstance(ts, float) and ts > 1e200) else \
-        orjson.dumps({**GOOD, "ts": ts})
+    raw = orjson.dumps({**GOOD, "ts": ts})
     verdict = classify(raw)
     if verdict == "ok":
         det = Detector()
