@@ -469,10 +469,10 @@ class DetectionCore:
         if len(self._snapshots) >= 100_000:
             self.snapshots_dropped += 1
             return
-        feats = {n: v for n, v in zip(FEATURES, vec) if v == v}  # unknown features omitted
+        feats = {n: v for n, v in zip(FEATURES, vec, strict=True) if v == v}  # unknown omitted
         obs = raw_observations(ks)
         tw = f[F.F_TOP_W]
-        for name, i in zip(("code_share", "math_share", "science_share", "reasoning_share"), _CAP_IDX):
+        for name, i in zip(("code_share", "math_share", "science_share", "reasoning_share"), _CAP_IDX, strict=True):
             feats[name] = f[i] / tw if tw > 0 else 0.0
         for name in ("events_per_hour", "completion_prompt_ratio", "topic_entropy", "repeat_share"):
             feats[name] = obs[name]

@@ -104,7 +104,7 @@ class PopulationModel:
         """
         m = self.means
         # Unknown features (NaN) are imputed with the population mean: neither odd nor normal.
-        x = {name: (v if v == v else m[i]) for i, (name, v) in enumerate(zip(FEATURES, vec))}
+        x = {name: (v if v == v else m[i]) for i, (name, v) in enumerate(zip(FEATURES, vec, strict=True))}
         hst = self._hst
         s = float(hst.score_one(x)) if self.hst_seen >= self.window_size else 0.0
         if learn:
