@@ -110,8 +110,9 @@ class DetectorConfig:
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
         Adaptive threshold: the ``threshold_quantile`` of recent unflagged key scores plus
         ``threshold_margin``, clipped to [floor, ceiling].
-    confirm_evals
-        Consecutive evaluations at or above the threshold needed to open an episode.
+    confirm_evals, fast_open_margin
+        Consecutive evaluations at or above the threshold needed to open an episode; a score
+        at least ``fast_open_margin`` above the threshold opens it at once.
     drift_bonus, drift_memory
         After an upward Page-Hinkley drift, the threshold is lowered by ``drift_bonus`` for
         ``drift_memory`` seconds of event time, while its direction score is at least
@@ -146,7 +147,7 @@ class DetectorConfig:
     warmup_events: int = 4
     warmup_seconds: float = 60.0
     share_alpha: float = 1.0 / 32.0
-    prior_weight: float = 5.0
+    prior_weight: float = 3.0
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
@@ -157,6 +158,7 @@ class DetectorConfig:
     threshold_quantile: float = 0.995
     threshold_margin: float = 0.05
     confirm_evals: int = 2
+    fast_open_margin: float = 0.1
     drift_bonus: float = 0.05
     drift_memory: float = 1800.0
     drift_min_rise: float = 0.1
@@ -207,7 +209,7 @@ class DetectorConfig:
              f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}")
         need(isinstance(self.prior_weight, (int, float)) and 0.0 <= self.prior_weight <= 1000.0,
              f"prior_weight must be in [0, 1000], got {self.prior_weight}")
-        for name in ("threshold_margin", "drift_bonus", "drift_min_rise", "resolve_margin", "fp_penalty", "ph_delta"):
+        for name in ("threshold_margin", "drift_bonus", "drift_min_rise", "fast_open_margin", "resolve_margin", "fp_penalty", "ph_delta"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
         need(self.ph_threshold > 0, f"ph_threshold must be > 0, got {self.ph_threshold}")
@@ -374,7 +376,8 @@ class DetectionCore:
         else:
             f[F.F_ABOVE] = 0.0
         if ks.ep_sev == 0:
-            if f[F.F_ABOVE] >= cfg.confirm_evals or (verdict == "confirmed" and score >= thr):
+            clear = score >= thr + cfg.fast_open_margin  # clear evidence needs no confirmation
+            if f[F.F_ABOVE] >= cfg.confirm_evals or (score >= thr and (clear or verdict == "confirmed")):
                 drifted = f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
                 if drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
                     det = _DET_DRIFT
