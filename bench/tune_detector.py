@@ -131,6 +131,7 @@ def builtin_evaluate(truth: dict, alerts: list[dict]) -> dict:
         "fpr": fp / max(n_benign, 1),
         "single_total": single_total,
         "single_caught": single_caught,
+        "ttd": ttd,
         "ttd_median": statistics.median(ttd) if ttd else None,
         "ttd_max": max(ttd) if ttd else None,
     }
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     sim_dir = Path(args.sim_dir)
     summary = []
     dump = {}
+    pooled = {"ttd": [], "caught": 0, "total": 0, "fp": 0, "benign": 0, "hn": 0, "eps": []}
     for seed in args.seeds:
         ev_path, tr_path = ensure_sim(sim_dir, seed, args.hours)
         truth = json.loads(tr_path.read_text())
@@ -217,11 +219,29 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         summary.append(s)
+        pooled["ttd"] += res["ttd"]
+        pooled["caught"] += res["single_caught"]
+        pooled["total"] += res["single_total"]
+        pooled["fp"] += res["false_positives"]
+        pooled["benign"] += res["benign_keys"]
+        pooled["hn"] += res["hard_negative_fp"]
+        pooled["eps"].append(eps)
         if args.dump:
             dump[str(seed)] = {k: {"persona": i["persona"], "peak": peak.get(k, 0.0)} for k, i in truth["keys"].items()}
     print("\n== summary")
     for s in summary:
         print(json.dumps(s))
+    t = sorted(pooled["ttd"])
+    print(json.dumps({
+        "pooled_seeds": args.seeds,
+        "single_key_caught": f"{pooled['caught']}/{pooled['total']}",
+        "benign_fp": f"{pooled['fp']}/{pooled['benign']}",
+        "max_seed_fpr": max(x["fpr"] for x in summary) if summary else None,
+        "hard_negative_fp": pooled["hn"],
+        "ttd_median_s": round(statistics.median(t)) if t else None,
+        "ttd_p90_s": round(t[int(0.9 * (len(t) - 1))]) if t else None,
+        "core_events_per_s_median": round(statistics.median(pooled["eps"])) if pooled["eps"] else None,
+    }))
     if args.dump:
         Path(args.dump).write_text(json.dumps(dump))
     return 0
