@@ -23,7 +23,7 @@ def _f(v, digits: int = 0) -> str:
 ROWS = (
     ("decode_limit", "limit: `orjson.loads` in process"),
     ("validated_decode", "moatwatch `decode` (orjson + QueryEvent v1 validation)"),
-    ("naive_peer", "naive peer: River `MinMaxScaler | HalfSpaceTrees` per key (*)"),
+    ("naive_peer", "naive peer: River `MinMaxScaler \| HalfSpaceTrees` per key (*)"),
     ("replay_peer_subset", "moatwatch replay on the peer's events (*)"),
     ("replay", "moatwatch replay, all events"),
     ("raw_consume", "limit: confluent-kafka `consume(1000)` + `orjson.loads`"),
