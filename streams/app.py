@@ -115,6 +115,9 @@ class Worker:
             processing_guarantee="at_least_once",
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
+            # a batch's sends are awaited together: 5 ms of linger packs them into fewer
+            # requests (bench: 5-8% less CPU per event) and stays far inside the latency budget
+            producer_linger_ms=5,
             broker_commit_every=s.batch_max,
             broker_commit_interval=1.0,
             # a SIGKILLed worker's partitions move to the survivors after this long
