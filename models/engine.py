@@ -105,6 +105,8 @@ class DetectorConfig:
         Distinct prompts per Bloom generation (repeats are seen within ~1-2x this many).
     score_mix
         ``(c0, c1, c2)`` of ``content * (c0 + c1*extraction + c2*automation)``; sums to 1.
+    unknown_exponent
+        How much content evidence a key loses for content fields its gateway does not send.
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
@@ -152,6 +154,7 @@ class DetectorConfig:
     template_bits: int = 20
     bloom_rotate: int = 96
     score_mix: tuple[float, float, float] = (0.45, 0.35, 0.2)
+    unknown_exponent: float = 0.5
     population_weight: float = 0.3
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
@@ -200,6 +203,8 @@ class DetectorConfig:
         mix = self.score_mix
         need(len(mix) == 3 and all(0.0 <= c <= 1.0 for c in mix) and abs(sum(mix) - 1.0) < 1e-9,
              f"score_mix must be three weights in [0, 1] summing to 1, got {mix}")
+        need(0.0 <= self.unknown_exponent <= 2.0,
+             f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
         need(0.0 <= self.population_weight <= 1.0,
              f"population_weight must be in [0, 1], got {self.population_weight}")
         need(0.0 < self.threshold_floor <= self.threshold_ceiling < 1.0,
@@ -328,7 +333,7 @@ class DetectionCore:
         ks.evals += 1
         pop = self.population
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight)
-        s_dir, contrib = scrape_score(vec, cfg.score_mix)
+        s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
         thr = self._threshold(ks, ts, s_dir)
@@ -449,7 +454,7 @@ class DetectionCore:
         if vec is None:
             pop = self.population
             vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight)
-            _, contrib = scrape_score(vec, self.config.score_mix)
+            _, contrib = scrape_score(vec, self.config.score_mix, self.config.unknown_exponent)
         alert = self.policy.resolve(ks, k, ks.f[F.F_SCORE], ts, self._reasons(ks, vec, contrib, ks.ep_det))
         ks.f[F.F_ABOVE] = 0.0
         self._open.pop(k, None)

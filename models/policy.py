@@ -63,7 +63,9 @@ _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
 
 
-def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[float, list[float]]:
+def scrape_score(
+    vec: list[float], mix: tuple[float, float, float], unknown_exponent: float = 0.5
+) -> tuple[float, list[float]]:
     """Combine a direction vector into a score and per-feature contributions.
 
     ``score = content * novelty_gate * (c0 + c1*extraction + c2*automation)``, where each group
@@ -78,6 +80,9 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
         Direction features in FEATURES order, each in [0, 1] or NaN (unknown).
     mix
         ``(c0, c1, c2)``, summing to 1 so the score stays in [0, 1].
+    unknown_exponent
+        The content mean is multiplied by ``(known weight / total weight) ** unknown_exponent``:
+        0 ignores how much is unknown, 1 scales by it.
 
     Returns
     -------
@@ -116,7 +121,7 @@ def scrape_score(vec: list[float], mix: tuple[float, float, float]) -> tuple[flo
             acc += w * v
     if known_w <= 0.0:
         return 0.0, [0.0] * len(vec)
-    content = acc / known_w * (known_w / _GROUP_W[0]) ** 0.5
+    content = acc / known_w * (known_w / _GROUP_W[0]) ** unknown_exponent
     nov = vec[_NOVELTY]
     gate = 0.3 + 0.7 * nov if nov == nov else 1.0
     sam = vec[_SAMPLED]
