@@ -316,3 +316,49 @@ def test_config_is_frozen():
     cfg = DetectorConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.warmup_events = 3  # type: ignore[misc]
+
+
+# -- property: any valid event sequence ------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_event = st.fixed_dictionaries(
+    {
+        "event_id": st.just("e"),
+        "ts": st.floats(min_value=0.0, max_value=32503680000.0, allow_nan=False),
+        "api_key": st.sampled_from(["a", "b", "c"]),
+        "prompt_tokens": st.integers(0, 100_000_000),
+        "completion_tokens": st.integers(0, 100_000_000),
+        "status": st.integers(100, 599),
+    },
+    optional={
+        "turn": st.integers(1, 1_000_000),
+        "n": st.integers(1, 1000),
+        "temperature": st.floats(0.0, 100.0, allow_nan=False),
+        "topic": st.sampled_from(["chat", "writing", "code", "math", "science", "reasoning", "other"]),
+        "cot_request": st.booleans(),
+        "logprobs": st.booleans(),
+        "top_logprobs": st.integers(0, 1000),
+        "stream": st.booleans(),
+        "prompt_simhash": st.integers(0, (1 << 64) - 1).map(lambda h: format(h, "016x")),
+        "client_ip": st.sampled_from(["10.0.0.1", "2001:db8::1", "not-an-ip"]),
+        "asn": st.integers(0, 4294967295),
+    },
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_event, min_size=1, max_size=80), st.floats(0.0, 1e11, allow_nan=False))
+def test_any_valid_events_never_crash_and_alerts_stay_valid(events, now):
+    core = DetectionCore(DetectorConfig(warmup_events=1, warmup_seconds=0.0, eval_every_events=1))
+    out = []
+    for i, e in enumerate(events):
+        out += core.process(e, i)
+    out += core.advance(now)
+    for a in out:
+        validate_alert(a)
+    for s in core.drain_member_snapshots():
+        assert all(v == v for v in s["features"].values())
+    for k in list(core.keys):
+        DetectionCore().import_key(k, core.export_key(k))
