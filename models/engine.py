@@ -105,8 +105,9 @@ class DetectorConfig:
         Distinct prompts per Bloom generation (repeats are seen within ~1-2x this many).
     score_mix
         ``(c0, c1, c2)`` of ``content * (c0 + c1*extraction + c2*automation)``; sums to 1.
-    unknown_exponent
-        How much content evidence a key loses for content fields its gateway does not send.
+    unknown_exponent, unknown_automation
+        How much content evidence a key loses for content fields its gateway does not send, and
+        how much more its automation evidence then weighs (models.policy.scrape_score).
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
@@ -155,6 +156,7 @@ class DetectorConfig:
     bloom_rotate: int = 96
     score_mix: tuple[float, float, float] = (0.45, 0.35, 0.2)
     unknown_exponent: float = 0.5
+    unknown_automation: float = 0.0
     population_weight: float = 0.3
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
@@ -203,6 +205,8 @@ class DetectorConfig:
         mix = self.score_mix
         need(len(mix) == 3 and all(0.0 <= c <= 1.0 for c in mix) and abs(sum(mix) - 1.0) < 1e-9,
              f"score_mix must be three weights in [0, 1] summing to 1, got {mix}")
+        need(0.0 <= self.unknown_automation <= 5.0,
+             f"unknown_automation must be in [0, 5], got {self.unknown_automation}")
         need(0.0 <= self.unknown_exponent <= 2.0,
              f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
         need(0.0 <= self.population_weight <= 1.0,
@@ -333,7 +337,7 @@ class DetectionCore:
         ks.evals += 1
         pop = self.population
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight)
-        s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent)
+        s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
         thr = self._threshold(ks, ts, s_dir)
@@ -454,7 +458,9 @@ class DetectionCore:
         if vec is None:
             pop = self.population
             vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight)
-            _, contrib = scrape_score(vec, self.config.score_mix, self.config.unknown_exponent)
+            _, contrib = scrape_score(
+                vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation
+            )
         alert = self.policy.resolve(ks, k, ks.f[F.F_SCORE], ts, self._reasons(ks, vec, contrib, ks.ep_det))
         ks.f[F.F_ABOVE] = 0.0
         self._open.pop(k, None)

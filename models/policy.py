@@ -64,7 +64,10 @@ _SAMPLED = _IDX["sampled_decoding"]
 
 
 def scrape_score(
-    vec: list[float], mix: tuple[float, float, float], unknown_exponent: float = 0.5
+    vec: list[float],
+    mix: tuple[float, float, float],
+    unknown_exponent: float = 0.5,
+    unknown_automation: float = 0.0,
 ) -> tuple[float, list[float]]:
     """Combine a direction vector into a score and per-feature contributions.
 
@@ -83,6 +86,10 @@ def scrape_score(
     unknown_exponent
         The content mean is multiplied by ``(known weight / total weight) ** unknown_exponent``:
         0 ignores how much is unknown, 1 scales by it.
+    unknown_automation
+        When part of the content is unknown, the automation weight ``c2`` grows by this times
+        the unknown share of content weight (what is asked is uncertain, so how it arrives
+        carries more of the evidence; content stays necessary).
 
     Returns
     -------
@@ -142,6 +149,8 @@ def scrape_score(
             s += w * v
     automation = s / _GROUP_W[2]  # unknown (NaN) automation tells count as 0
     c0, c1, c2 = mix
+    if unknown_automation > 0.0:
+        c2 = c2 * (1.0 + unknown_automation * (1.0 - known_w / _GROUP_W[0]))
     score = content * gate * (c0 + c1 * extraction + c2 * automation)
     contrib = [0.0] * len(vec)
     if score > 0.0:
