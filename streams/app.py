@@ -387,4 +387,8 @@ def create_worker(settings: Settings, *, feedback: Any = None) -> Worker:
         settings.dlq_topic: 1,
         settings.feedback_topic: 1,
     })
-    return Worker(settings, counts[settings.events_topic], feedback=feedback)
+    partitions = counts[settings.events_topic]
+    # the re-key topic must match the input's partition count (co-partitioned with the tables);
+    # creating it up front also spares the "missing topic" warnings at the first subscription
+    ensure_topics(settings, {f"{settings.app_id}-events-rekeyed": partitions})
+    return Worker(settings, partitions, feedback=feedback)

@@ -358,7 +358,7 @@ def _run_worker(settings: Any, args: Any) -> int:
     try:
         worker = create_worker(settings, feedback=book)
     except KafkaUnavailable as exc:
-        print(f"moatwatch worker: error: cannot reach Kafka: {exc}", file=sys.stderr)
+        print(f"moatwatch worker: error: Kafka refused or unreachable: {exc}", file=sys.stderr)
         return 1
     feed = FeedbackFeed(settings, book)
     feed.start()
