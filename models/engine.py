@@ -146,7 +146,7 @@ class DetectorConfig:
     """
 
     eval_every_events: int = 16
-    eval_every_seconds: float = 60.0
+    eval_every_seconds: float = 30.0
     warmup_events: int = 4
     warmup_seconds: float = 60.0
     share_alpha: float = 1.0 / 32.0
