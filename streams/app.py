@@ -20,6 +20,8 @@ before the state that produced them is written, and both before the input offset
 from __future__ import annotations
 
 import logging
+import math
+import struct
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -46,6 +48,26 @@ __all__ = ["Worker", "create_worker"]
 log = logging.getLogger("moatwatch.worker")
 
 _SHARED_KEY = b"__partition__/%d"
+# partition-state value: version byte, the housekeeping clock (next grid time, unconfirmed jump;
+# NaN = none), then DetectionCore.export_shared(). The clock lives beside the state it drives so
+# a restarted worker advances (resolves, evicts) at the same event times as an uninterrupted one.
+_SHARED_HEADER = struct.Struct("<Bdd")
+_SHARED_VERSION = 1
+
+
+def _pack_shared(clock: tuple[float | None, float | None], shared: bytes) -> bytes:
+    nan = float("nan")
+    nxt, pending = clock
+    return _SHARED_HEADER.pack(_SHARED_VERSION, nan if nxt is None else nxt,
+                               nan if pending is None else pending) + shared
+
+
+def _unpack_shared(blob: bytes) -> tuple[tuple[float | None, float | None], bytes]:
+    if len(blob) < _SHARED_HEADER.size or blob[0] != _SHARED_VERSION:
+        raise ValueError("partition-state record has an unknown format")
+    version, nxt, pending = _SHARED_HEADER.unpack_from(blob)
+    clock = (None if math.isnan(nxt) else nxt, None if math.isnan(pending) else pending)
+    return clock, blob[_SHARED_HEADER.size:]
 
 
 def _credentials(settings: Settings) -> dict[str, Any]:
@@ -174,7 +196,13 @@ class Worker:
             self._loaded_shared.add(partition)
             blob = self.partition_state.data.get(_SHARED_KEY % partition)
             if blob:
-                core.import_shared(blob)
+                try:
+                    clock, shared = _unpack_shared(blob)
+                    core.import_shared(shared)
+                    self.detector.set_clock(partition, *clock)
+                except ValueError as exc:
+                    log.error("partition-state of partition %d is unreadable (%s); its population "
+                              "model starts fresh", partition, exc)
                 self._shared_written[partition] = blob
             self._restore_keys(partition, core)
             self._evicted_seen[partition] = core.evicted_total
@@ -330,7 +358,7 @@ class Worker:
                     if not core.has_key(kb.decode("utf-8", "replace")):
                         data.pop(kb, None)
                         table.send_changelog(part, kb, None, value_serializer="raw")
-            shared = core.export_shared()
+            shared = _pack_shared(self.detector.clock_of(part), core.export_shared())
             if shared != self._shared_written.get(part):
                 sk = _SHARED_KEY % part
                 self.partition_state.data[sk] = shared

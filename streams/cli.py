@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -172,9 +170,9 @@ def _load_feedback(path: str | None) -> Any:
             with open(path, "rb") as fh:
                 book.load_jsonl(fh)
         except OSError as exc:
-            raise SystemExit(f"moatwatch: error: cannot read feedback file {path!r}: {exc.strerror}")
+            raise SystemExit(f"moatwatch: error: cannot read feedback file {path!r}: {exc.strerror}") from None
         except ValueError as exc:
-            raise SystemExit(f"moatwatch: error: feedback file {path!r}: {exc}")
+            raise SystemExit(f"moatwatch: error: feedback file {path!r}: {exc}") from None
     return book
 
 
@@ -191,7 +189,7 @@ def _parse_until(text: str | None) -> float | None:
     try:
         return float(t)
     except ValueError:
-        raise SystemExit(f"moatwatch feedback: error: --until {text!r}: use Unix seconds or a duration like 7d, 12h, 30m")
+        raise SystemExit(f"moatwatch feedback: error: --until {text!r}: use Unix seconds or a duration like 7d, 12h, 30m") from None
 
 
 def main(argv: list[str] | None = None) -> int:

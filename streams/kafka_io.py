@@ -107,7 +107,7 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 1
     missing = [NewTopic(t, num_partitions=n, replication_factor=1)
                for t, n in topics.items() if t not in md.topics]
     if missing:
-        for topic, fut in cli.create_topics(missing, operation_timeout=timeout).items():
+        for fut in cli.create_topics(missing, operation_timeout=timeout).values():
             try:
                 fut.result()
             except KafkaException as exc:

@@ -215,6 +215,17 @@ class Detector:
             self._clocks[partition] = _Clock()
         return core
 
+    def clock_of(self, partition: int) -> tuple[float | None, float | None]:
+        """The partition's housekeeping clock (next grid time, unconfirmed jump), to persist."""
+        c = self._clocks.get(partition)
+        return (c.next_at, c.pending) if c is not None else (None, None)
+
+    def set_clock(self, partition: int, next_at: float | None, pending: float | None) -> None:
+        """Restore a persisted clock, so a restarted worker advances at the same points."""
+        self.core(partition)
+        c = self._clocks[partition]
+        c.next_at, c.pending = next_at, pending
+
     def drop(self, partition: int) -> None:
         """Forget a partition (revoked in a rebalance; its state lives on in the changelog)."""
         self.cores.pop(partition, None)

@@ -90,3 +90,23 @@ def test_housekeeping_clock_ignores_a_lone_jump_but_follows_a_confirmed_gap():
     gap = 1012.0 + MAX_CLOCK_JUMP_S * 3
     assert c.due(gap) is None                            # first event after a long gap: held
     assert c.due(gap + 1.0) == (gap + 1.0) // 5 * 5       # confirmed by the next one
+
+
+def test_partition_state_record_round_trips_the_clock_and_rejects_garbage():
+    from streams.app import _pack_shared, _unpack_shared
+
+    blob = _pack_shared((1005.0, None), b"core-bytes")
+    assert _unpack_shared(blob) == ((1005.0, None), b"core-bytes")
+    assert _unpack_shared(_pack_shared((None, 7.0), b"")) == ((None, 7.0), b"")
+    with pytest.raises(ValueError):
+        _unpack_shared(b"\x09garbage-garbage-garbage")
+
+
+def test_detector_clock_restore_makes_advance_points_match():
+    det = Detector(1)
+    det.process(dict(GOOD, ts=1000.0))
+    det.process(dict(GOOD, ts=1003.0, event_id="e2"))
+    clock = det.clock_of(0)
+    fresh = Detector(1)
+    fresh.set_clock(0, *clock)
+    assert fresh.clock_of(0) == clock == (1005.0, None)
