@@ -45,8 +45,10 @@ since the last call. A key emits at most one per evaluation point, and at most o
                              # topic_entropy, greedy_share, repeat_share
      "groups": {"account": str | None, "client_net": str | None,   # /24 IPv4, /48 IPv6
                 "asn": str | None, "user_agent": str | None,
-                "template": [str, ...]}}   # LSH band ids "b<band>:<4 hex>" of SimHash families
+                "template": [str, ...]},   # LSH band ids "b<band>:<4 hex>" of SimHash families
                                            # recurring in the key's recent prompts; [] if none
+     "simhashes": [str, ...]}  # the key's last <= 8 distinct prompt SimHashes, newest first,
+                               # 16 hex each (no prompt text); [] when the gateway sends none
 
 Examples
 --------
@@ -234,6 +236,17 @@ def _client_net(ip: str | None) -> str | None:
         return None
     plen = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{addr}/{plen}", strict=False))
+
+
+def _recent_simhashes(ring, pos: int) -> list[str]:
+    """The ring's prompt SimHashes, newest first, as 16-hex strings (campaign linking confirms
+    cross-key matches by Hamming distance on the full 64 bits: ~150 bytes per snapshot)."""
+    out = []
+    for i in range(1, len(ring) + 1):
+        h = ring[(pos - i) % len(ring)]
+        if h:
+            out.append(f"{h:016x}")
+    return out
 
 
 def _template_bands(ring) -> list[str]:
@@ -506,6 +519,7 @@ class DetectionCore:
                     "user_agent": event.get("user_agent"),
                     "template": _template_bands(ks.ring),
                 },
+                "simhashes": _recent_simhashes(ks.ring, ks.ring_pos),
             }
         )
 
