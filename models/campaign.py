@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import orjson
 
 from models.feedback import FeedbackBook
@@ -48,9 +50,9 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-1"
+CAMPAIGN_MODEL_VERSION = "campaign-2"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
-CAMPAIGN_STATE_VERSION = 1
+CAMPAIGN_STATE_VERSION = 2
 #: Grouping attributes, in the order groups are evaluated (the Alert v1 ``entity_type``).
 GROUP_TYPES = ("account", "client_net", "asn", "template", "user_agent")
 
@@ -259,9 +261,22 @@ class CampaignConfig:
         How much a false-positive verdict raises the open score of that entity.
     max_related
         Member keys named per alert (Alert v1 allows at most 100).
-    max_family_bands
-        Largest template family (LSH band ids linked through implicated keys); a merge that
-        would exceed it is refused, so one common prompt cannot chain everything together.
+    max_family_keys
+        Largest template family (keys linked through confirmed prompt matches between
+        implicated keys); a merge that would exceed it is refused, so one common prompt cannot
+        chain everything together.
+    match_bits
+        Two prompts of different keys are the same template when their 64-bit SimHashes differ
+        in at most this many bits. Chance agreement of unrelated 64-bit hashes within 10 bits is
+        about 1e-8 per pair, so a match is shared content, never a band collision.
+    hash_window
+        Recent prompt SimHashes held for cross-key matching (a ring; CPU per snapshot and memory
+        grow with it, about 20 bytes each). Only keys at or above ``assoc_floor`` are indexed.
+    template_min_matches, template_min_share
+        A member below ``member_threshold`` is named by a firing template family when its
+        prompts matched implicated keys' prompts at least ``template_min_matches`` times and in
+        at least ``template_min_share`` of its indexed prompts: it routinely sends the campaign's
+        templates, where a light user only now and then sends a popular prompt.
     assoc_floor, assoc_distance
         While a group fires, a member below ``member_threshold`` is still named when its
         suspicion is at least ``assoc_floor`` and its behaviour profile lies within
@@ -297,16 +312,22 @@ class CampaignConfig:
     )
     fp_raise: float = 0.2
     max_related: int = 100
-    max_family_bands: int = 256
+    max_family_keys: int = 512
+    match_bits: int = 10
+    hash_window: int = 8192
+    template_min_matches: int = 2
+    template_min_share: float = 0.2
     assoc_floor: float = 0.2
     assoc_distance: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
-                     "max_family_bands"):
+                     "max_family_keys", "hash_window", "template_min_matches"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if type(self.match_bits) is not int or not 0 <= self.match_bits <= 24:
+            raise ValueError(f"match_bits must be an integer in [0, 24], got {self.match_bits!r}")
         if self.max_related > 100:
             raise ValueError(f"max_related must be <= 100 (Alert v1 bound), got {self.max_related}")
         for name in (
@@ -324,7 +345,7 @@ class CampaignConfig:
             if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
-                     "assoc_floor", "assoc_distance"):
+                     "assoc_floor", "assoc_distance", "template_min_share"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -353,8 +374,8 @@ class _Key:
     """What the detector remembers of one api_key (one copy, shared by all its groups)."""
 
     __slots__ = (
-        "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "bands", "ended",
-        "vec",
+        "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "fam", "xmatch",
+        "nhash", "ended", "vec",
     )
 
     def __init__(self, first_ts: float, last_ts: float) -> None:
@@ -366,7 +387,9 @@ class _Key:
         self.cot: float | None = None
         self.breadth: float | None = None
         self.doms: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-        self.bands: tuple[str, ...] = ()
+        self.fam: str | None = None  # template family id (resolve with CampaignDetector._find)
+        self.xmatch = 0  # matches (<= match_bits) between this key's prompts and implicated keys'
+        self.nhash = 0  # distinct prompt SimHashes this key has had indexed
         self.ended = False
         self.vec: tuple[float, ...] = ()
 
@@ -380,7 +403,9 @@ class _Key:
             self.cot,
             self.breadth,
             list(self.doms),
-            list(self.bands),
+            self.fam,
+            self.xmatch,
+            self.nhash,
             self.ended,
             list(self.vec),
         ]
@@ -395,10 +420,12 @@ class _Key:
         k.breadth = None if v[6] is None else float(v[6])
         d = [float(x) for x in v[7]]
         k.doms = (d[0], d[1], d[2], d[3])
-        k.bands = tuple(str(b) for b in v[8])
-        k.ended = bool(v[9])
+        k.fam = None if v[8] is None else str(v[8])
+        k.xmatch = int(v[9])
+        k.nhash = int(v[10])
+        k.ended = bool(v[11])
         # NaN (a missing feature) is written as null by orjson
-        k.vec = tuple(math.nan if x is None else float(x) for x in v[10])
+        k.vec = tuple(math.nan if x is None else float(x) for x in v[12])
         return k
 
 
@@ -484,6 +511,7 @@ _MAX_NAMED = 4096
 _BYTES_PER_KEY = 360
 _BYTES_PER_MEMBER = 120
 _BYTES_PER_GROUP = 600
+_BYTES_PER_FAMILY = 200
 
 
 def _wilson_lower(k: int, n: int, z: float = 1.645) -> float:
@@ -506,6 +534,27 @@ def _median(xs: list[float]) -> float:
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
+def _simhashes(v: Any) -> list[int]:
+    """The snapshot's prompt SimHashes as ints (at most 8; bad entries skipped)."""
+    out: list[int] = []
+    if not isinstance(v, (list, tuple)):
+        return out
+    for x in v[:8]:
+        if type(x) is str and len(x) == 16:
+            try:
+                h = int(x, 16)
+            except ValueError:
+                continue
+            if h and h not in out:
+                out.append(h)
+    return out
+
+
+def _key_tag(key: str) -> int:
+    """A stable 32-bit tag of an api_key (not ``hash()``, which changes per process)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
+
+
 def _group_values(groups: Any) -> list[tuple[str, str]]:
     """(type, value) pairs of a snapshot's ``groups``; bad or missing values are skipped."""
     out: list[tuple[str, str]] = []
@@ -516,15 +565,7 @@ def _group_values(groups: Any) -> list[tuple[str, str]]:
         if v is None:
             continue
         if t == "template":
-            if isinstance(v, (list, tuple)):
-                seen: set[str] = set()
-                for b in v[:16]:
-                    if type(b) is str and b and b not in seen:
-                        seen.add(b)
-                        out.append((t, b))
-            elif type(v) is str and v:
-                out.append((t, v))
-            continue
+            continue  # template families come from the snapshot's simhashes (_link_templates)
         if type(v) is int and type(v) is not bool:
             v = str(v)
         if type(v) is str and v:
@@ -572,8 +613,17 @@ class CampaignDetector:
         # episode counters survive group eviction so an evicted-and-returning group never
         # reuses an alert_id (bounded: only groups that ever opened an episode are kept)
         self._seqs: dict[tuple[str, str], int] = {}
+        # template families: union-find over family ids, sizes in keys
         self._band_parent: OrderedDict[str, str] = OrderedDict()
         self._family_size: dict[str, int] = {}
+        # recent prompt SimHashes of suspicious-enough keys, a ring of hash_window entries
+        w = config.hash_window
+        self._hh = np.zeros(w, dtype=np.uint64)
+        self._htag = np.zeros(w, dtype=np.uint32)
+        self._hts = np.full(w, -np.inf)
+        self._hmatched = np.zeros(w, dtype=bool)  # the entry matched an implicated key's prompt
+        self._hkey: list[str | None] = [None] * w
+        self._hpos = 0
         self._start_ts: float | None = None
         self._now = -math.inf
         self._last_sweep = -math.inf
@@ -628,20 +678,14 @@ class CampaignDetector:
         k.doms = domain_shares(features)
         k.vec = _profile(features)
         gvals = _group_values(snapshot.get("groups"))
-        bands = [v for t, v in gvals if t == "template"]
-        k.bands = tuple(bands[:32])
 
         alerts: list[dict[str, Any]] = []
-        if bands:
-            # Template families: LSH bands linked through implicated keys (an implicated key's
-            # recurring bands are one family; two keys sharing a band share the family). Only
-            # implicated keys link, so a common benign prompt does not chain families together.
-            verdict = self.feedback.verdict("api_key", key, ts)
-            links = verdict == "confirmed" or (
-                k.susp >= cfg.member_threshold and verdict not in ("allowlisted", "false_positive")
-            )
-            roots = self._families(bands, links, ts, alerts)
-            gvals = [gv for gv in gvals if gv[0] != "template"] + [("template", r) for r in roots]
+        extra: dict[tuple[str, str], list[str]] = {}
+        hashes = _simhashes(snapshot.get("simhashes"))
+        if hashes:
+            for root, partners in self._link_templates(key, k, hashes, ts, alerts):
+                gvals.append(("template", root))
+                extra[("template", root)] = partners
         for gk in gvals:
             g = self._groups.get(gk)
             if g is None:
@@ -659,6 +703,15 @@ class CampaignDetector:
                     g.members.popitem(last=False)
                     self._evicted += 1
             g.members[key] = ts
+            for p in extra.get(gk, ()):
+                # a partner just linked into the family is a member from its last snapshot on
+                pk = self._keys.get(p)
+                if pk is not None and p not in g.members and ts - pk.last_ts <= cfg.member_ttl:
+                    g.seen_total += 1
+                    if len(g.members) >= cfg.max_members_per_group:
+                        g.members.popitem(last=False)
+                        self._evicted += 1
+                    g.members[p] = pk.last_ts
             g.last_ts = max(g.last_ts, ts)
             if ts - g.last_eval >= cfg.eval_interval:
                 g.last_eval = ts
@@ -727,9 +780,15 @@ class CampaignDetector:
             "members": members,
             "open_episodes": open_eps,
             "evicted_total": self._evicted,
+            "template_families": len(self._band_parent),
+            "template_hashes": sum(1 for x in self._hkey if x is not None),
             "state_bytes": len(self._keys) * _BYTES_PER_KEY
             + members * _BYTES_PER_MEMBER
-            + len(self._groups) * _BYTES_PER_GROUP,
+            + len(self._groups) * _BYTES_PER_GROUP
+            + len(self._band_parent) * _BYTES_PER_FAMILY
+            # the hash ring is allocated up front: hash, tag, ts arrays and a key reference each
+            + self._hh.nbytes + self._htag.nbytes + self._hts.nbytes + self._hmatched.nbytes
+            + 8 * len(self._hkey),
         }
 
     def export_state(self) -> bytes:
@@ -748,6 +807,7 @@ class CampaignDetector:
                 "groups": [[t, v, g.to_dict()] for (t, v), g in self._groups.items()],
                 "seqs": [[t, v, s] for (t, v), s in self._seqs.items()],
                 "bands": [[b, p, self._family_size.get(b, 0)] for b, p in self._band_parent.items()],
+                "hashes": self._hash_entries(),
             }
         )
 
@@ -775,6 +835,7 @@ class CampaignDetector:
             sweep = obj["last_sweep"]
             evicted = int(obj["evicted"])
             snaps = int(obj["snapshots"])
+            hashes = [(int(h, 16), str(k), float(t), bool(m)) for h, k, t, m in obj["hashes"]]
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"campaign state is malformed ({type(exc).__name__}: {exc})") from None
         for (t, _v) in groups:
@@ -790,6 +851,26 @@ class CampaignDetector:
         self._last_sweep = -math.inf if sweep is None else float(sweep)
         self._evicted = evicted
         self._snapshots = snaps
+        w = self.config.hash_window
+        self._hh[:] = 0
+        self._hmatched[:] = False
+        self._htag[:] = 0
+        self._hts[:] = -np.inf
+        self._hkey = [None] * w
+        self._hpos = 0
+        for h, key, t, m in hashes[-w:]:
+            self._push_hash(h, _key_tag(key), key, t, m)
+
+    def _hash_entries(self) -> list[list[Any]]:
+        """The hash ring oldest first, as [16 hex, api_key, ts] (layout-independent)."""
+        w = len(self._hkey)
+        out: list[list[Any]] = []
+        for i in range(w):
+            j = (self._hpos + i) % w
+            key = self._hkey[j]
+            if key is not None:
+                out.append([f"{int(self._hh[j]):016x}", key, float(self._hts[j]), bool(self._hmatched[j])])
+        return out
 
     # --- internals ---------------------------------------------------------------------
 
@@ -826,41 +907,128 @@ class CampaignDetector:
             b = p
         return root
 
-    def _families(self, bands: list[str], links: bool, ts: float, alerts: list[dict[str, Any]]) -> list[str]:
-        cfg = self.config
+    def _linker(self, key: str, k: _Key, ts: float) -> bool:
+        """Whether a key may link template families: implicated, or confirmed by an analyst."""
+        v = self.feedback.verdict("api_key", key, ts)
+        if v == "confirmed":
+            return True
+        if v in ("allowlisted", "false_positive"):
+            return False
+        return k.susp >= self.config.member_threshold
+
+    def _push_hash(self, h: int, tag: int, key: str, ts: float, matched: bool = False) -> None:
+        i = self._hpos
+        self._hmatched[i] = matched
+        self._hh[i] = h
+        self._htag[i] = tag
+        self._hts[i] = ts
+        self._hkey[i] = key
+        self._hpos = (i + 1) % len(self._hkey)
+
+    def _new_family(self, fid: str) -> str:
         parent = self._band_parent
-        for b in bands:
-            if b not in parent:
-                parent[b] = b
-                self._family_size[b] = 1
-                if len(parent) > 4 * cfg.max_groups:
-                    old, _ = parent.popitem(last=False)
-                    self._family_size.pop(old, None)
-            else:
-                parent.move_to_end(b)
-        roots: list[str] = []
-        for b in bands:
-            r = self._find(b)
-            if r not in roots:
-                roots.append(r)
-        if not links or len(roots) < 2:
-            return roots
-        survivor = roots[0]
-        kept = [survivor]
-        for r in roots[1:]:
-            merged = self._merge_family(survivor, r, ts, alerts)
-            if merged is None:
-                kept.append(r)
-            else:
-                survivor = merged
-                kept[0] = survivor
-        return kept
+        if fid in parent:
+            return self._find(fid)
+        parent[fid] = fid
+        self._family_size[fid] = 0
+        if len(parent) > 4 * self.config.max_groups:
+            old, _ = parent.popitem(last=False)
+            self._family_size.pop(old, None)
+        return fid
+
+    def _link_templates(
+        self, key: str, k: _Key, hashes: list[int], ts: float, alerts: list[dict[str, Any]]
+    ) -> list[tuple[str, list[str]]]:
+        """Match the snapshot's new prompt SimHashes against other keys' recent ones.
+
+        A match (Hamming distance <= ``match_bits`` on all 64 bits) between two *linker* keys
+        (implicated or confirmed) puts both into one template family; a non-linker that matches
+        a family's key joins that family's group as a plain member (it lowers the implicated
+        share unless it is suspicious itself). Returns ``(family root, partners to add)`` for
+        every family this snapshot touches.
+        """
+        cfg = self.config
+        if k.susp >= cfg.assoc_floor or self._linker(key, k, ts):
+            hs = np.array(hashes, dtype=np.uint64)
+            tag = _key_tag(key)
+            d = np.bitwise_count(self._hh[None, :] ^ hs[:, None])
+            own = self._htag == tag
+            live = self._hts >= ts - cfg.member_ttl
+            old = ((d == 0) & (own & live)[None, :]).any(axis=1)
+            match = (d <= cfg.match_bits) & (live & ~own)[None, :] & ~old[:, None]
+            k.nhash += int((~old).sum())
+            cols = np.nonzero(match.any(axis=0))[0].tolist()
+            # oldest entry first, then key: independent of where the ring happens to wrap
+            entries = sorted((float(self._hts[j]), self._hkey[j] or "", int(self._hh[j]), j) for j in cols)
+            me_links = self._linker(key, k, ts)
+            partners: dict[str, int] = {}
+            linked_cols: list[int] = []
+            for _t, p, h, j in entries:
+                pk = self._keys.get(p)
+                if pk is None or p == key:
+                    continue
+                partners.setdefault(p, h)
+                # only matches with implicated keys count as evidence (light users share popular
+                # prompts with each other all the time); each prompt counts once
+                if self._linker(p, pk, ts):
+                    linked_cols.append(j)
+                if me_links and not self._hmatched[j]:
+                    self._hmatched[j] = True
+                    pk.xmatch += 1
+            rows = match[:, linked_cols].any(axis=1) if linked_cols else np.zeros(len(hs), dtype=bool)
+            for h, is_old, hit in zip(hs.tolist(), old.tolist(), rows.tolist(), strict=True):
+                if not is_old:
+                    self._push_hash(int(h), tag, key, ts, hit)
+                    k.xmatch += int(hit)
+            if partners and me_links:
+                for p, h in partners.items():
+                    pk = self._keys[p]
+                    if self._linker(p, pk, ts):
+                        self._join(k, pk, h, ts, alerts)
+        else:
+            partners = {}
+        out: dict[str, list[str]] = {}
+        if k.fam is not None:
+            out[self._find(k.fam)] = []
+        for p in partners:
+            pk = self._keys.get(p)
+            if pk is not None and pk.fam is not None:
+                out.setdefault(self._find(pk.fam), []).append(p)
+        return list(out.items())
+
+    def _join(self, k: _Key, pk: _Key, h: int, ts: float, alerts: list[dict[str, Any]]) -> None:
+        """Put two linker keys whose prompts matched into one template family."""
+        cap = self.config.max_family_keys
+        size = self._family_size
+        fa = None if k.fam is None else self._find(k.fam)
+        fb = None if pk.fam is None else self._find(pk.fam)
+        if fa is None and fb is None:
+            # the family is named after the SimHash of the prompt that first linked it
+            fid = self._new_family(f"t:{h:016x}")
+            if size.get(fid, 0) + 2 <= cap:
+                k.fam = pk.fam = fid
+                size[fid] = size.get(fid, 0) + 2
+        elif fa is None or fb is None:
+            root = fa if fa is not None else fb
+            assert root is not None
+            if size.get(root, 1) + 1 <= cap:
+                if fa is None:
+                    k.fam = root
+                else:
+                    pk.fam = root
+                size[root] = size.get(root, 1) + 1
+        elif fa != fb:
+            merged = self._merge_family(fa, fb, ts, alerts)
+            if merged is not None:
+                k.fam = pk.fam = merged
+        else:
+            k.fam = pk.fam = fa
 
     def _merge_family(self, a: str, b: str, ts: float, alerts: list[dict[str, Any]]) -> str | None:
         """Merge families rooted at a and b; return the surviving root, or None if refused."""
         size_a = self._family_size.get(a, 1)
         size_b = self._family_size.get(b, 1)
-        if size_a + size_b > self.config.max_family_bands:
+        if size_a + size_b > self.config.max_family_keys:
             return None
         ga = self._groups.get(("template", a))
         gb = self._groups.get(("template", b))
@@ -928,11 +1096,21 @@ class CampaignDetector:
         return active, implicated, candidates
 
     def _associated(
-        self, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]]
+        self, etype: str, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]]
     ) -> list[tuple[float, str, _Key]]:
-        """Candidates whose profile matches the implicated members' centroid."""
+        """Candidates whose profile matches the implicated members' centroid, and, in a template
+        family, candidates whose own prompts repeatedly match other keys' prompts."""
         if not candidates or len(implicated) < self.config.min_implicated:
             return []
+        if etype == "template":
+            cfg = self.config
+
+            def routine(k: _Key) -> bool:
+                return k.xmatch >= cfg.template_min_matches and k.xmatch >= cfg.template_min_share * k.nhash
+
+            # a template family's plain members joined by matching a prompt or two: profile
+            # likeness alone does not name them (a light user with a popular prompt would)
+            return [c for c in candidates if routine(c[2])]
         nf = len(PROFILE_FEATURES)
         sums = [0.0] * nf
         cnts = [0] * nf
@@ -965,8 +1143,6 @@ class CampaignDetector:
         bar = min(0.99, cfg.open_score + g.bar)
         if not g.open:
             if score >= bar and implicated:
-                if etype == "template" and self._covered(implicated):
-                    return []  # another template band of the same family already fires
                 g.open = True
                 g.seq = self._seqs.get(gk, 0) + 1
                 self._seqs[gk] = g.seq
@@ -974,7 +1150,7 @@ class CampaignDetector:
                 g.named = set()
                 g.quiet_since = None
                 g.severity = self._severity(score, confirmed)
-                named = implicated + self._associated(implicated, candidates)
+                named = implicated + self._associated(etype, implicated, candidates)
                 return [self._fire(gk, g, now, score, reasons, window, named, active)]
             return []
         # episode open
@@ -987,20 +1163,12 @@ class CampaignDetector:
         g.quiet_since = None
         sev = self._severity(score, confirmed)
         escalated = _SEV_RANK[sev] > _SEV_RANK[g.severity]
-        named = implicated + self._associated(implicated, candidates)
+        named = implicated + self._associated(etype, implicated, candidates)
         new_named = sum(1 for _, m, _ in named if m not in g.named)
         if escalated or (new_named > 0 and now - g.last_fire >= cfg.refire_interval):
             g.severity = sev if escalated else g.severity
             return [self._fire(gk, g, now, score, reasons, window, named, active)]
         return []
-
-    def _covered(self, implicated: list[tuple[float, str, _Key]]) -> bool:
-        keys = {m for _, m, _ in implicated}
-        for (t, _v), g in self._groups.items():
-            if t == "template" and g.open and g.named:
-                if len(keys & g.named) >= 0.6 * len(keys):
-                    return True
-        return False
 
     def _severity(self, score: float, confirmed: bool) -> str:
         if score >= 0.8:
@@ -1029,11 +1197,12 @@ class CampaignDetector:
         share_lb = _wilson_lower(n_imp, active)
         mean_susp = sum(s for s, _, _ in implicated) / n_imp
         # templates shared across different implicated keys
-        band_count: dict[str, int] = {}
-        for _, _, k in implicated:
-            for b in k.bands:
-                band_count[b] = band_count.get(b, 0) + 1
-        sharing = sum(1 for _, _, k in implicated if any(band_count[b] >= 2 for b in k.bands))
+        fam_count: dict[str, int] = {}
+        roots = [None if k.fam is None else self._find(k.fam) for _, _, k in implicated]
+        for r in roots:
+            if r is not None:
+                fam_count[r] = fam_count.get(r, 0) + 1
+        sharing = sum(1 for r in roots if r is not None and fam_count[r] >= 2)
         tmpl_share = sharing / n_imp
         # reasoning domains swept jointly
         covered = sum(
@@ -1108,16 +1277,18 @@ class CampaignDetector:
                 f"(each below a per-key alarm on its own is typical of a campaign)",
             },
         ]
-        if etype != "template" and sharing >= 2:
-            top_band = max(band_count, key=lambda b: (band_count[b], b))
+        if sharing >= 2:
+            top = max(fam_count, key=lambda r: (fam_count[r], r))
+            matched = sum(1 for _, _, k in implicated if k.xmatch > 0)
             reasons.append(
                 {
                     "feature": "shared_templates",
                     "observed": round(tmpl_share, 4),
                     "baseline": 0.0,
                     "contribution": contrib("shared_templates"),
-                    "explanation": f"{sharing} implicated keys reuse template families across keys "
-                    f"(most shared: {top_band}, {band_count[top_band]} keys)",
+                    "explanation": f"{sharing} implicated keys send prompts within {cfg.match_bits} bits "
+                    f"(64-bit SimHash) of other keys' prompts (largest family: {top}, "
+                    f"{fam_count[top]} keys; {matched} keys with cross-key matches)",
                 }
             )
         if covered >= 2:
