@@ -272,6 +272,10 @@ class CampaignConfig:
     hash_window
         Recent prompt SimHashes held for cross-key matching (a ring; CPU per snapshot and memory
         grow with it, about 20 bytes each). Only keys at or above ``assoc_floor`` are indexed.
+    link_threshold
+        Member suspicion at or above which a key's cross-key prompt matches link template
+        families (and count as evidence for its partners). Linking only forms the group: the
+        group still needs ``min_implicated`` members at ``member_threshold`` to fire.
     template_min_matches, template_min_share
         A member below ``member_threshold`` is named by a firing template family when its
         prompts matched implicated keys' prompts at least ``template_min_matches`` times and in
@@ -316,6 +320,7 @@ class CampaignConfig:
     match_bits: int = 10
     hash_window: int = 8192
     template_min_matches: int = 2
+    link_threshold: float = 0.5
     template_min_share: float = 0.2
     assoc_floor: float = 0.2
     assoc_distance: float = 0.2
@@ -345,7 +350,7 @@ class CampaignConfig:
             if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
-                     "assoc_floor", "assoc_distance", "template_min_share"):
+                     "assoc_floor", "assoc_distance", "template_min_share", "link_threshold"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -375,7 +380,7 @@ class _Key:
 
     __slots__ = (
         "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "fam", "xmatch",
-        "nhash", "ended", "vec",
+        "nhash", "partners", "ended", "vec",
     )
 
     def __init__(self, first_ts: float, last_ts: float) -> None:
@@ -390,6 +395,9 @@ class _Key:
         self.fam: str | None = None  # template family id (resolve with CampaignDetector._find)
         self.xmatch = 0  # matches (<= match_bits) between this key's prompts and implicated keys'
         self.nhash = 0  # distinct prompt SimHashes this key has had indexed
+        # recent keys whose prompts matched this key's, with the matched SimHash: linked once
+        # both are implicated, even if one of them was not yet when the prompts matched
+        self.partners: tuple[tuple[str, int], ...] = ()
         self.ended = False
         self.vec: tuple[float, ...] = ()
 
@@ -406,6 +414,7 @@ class _Key:
             self.fam,
             self.xmatch,
             self.nhash,
+            [[p, f"{h:016x}"] for p, h in self.partners],
             self.ended,
             list(self.vec),
         ]
@@ -423,9 +432,10 @@ class _Key:
         k.fam = None if v[8] is None else str(v[8])
         k.xmatch = int(v[9])
         k.nhash = int(v[10])
-        k.ended = bool(v[11])
+        k.partners = tuple((str(p), int(h, 16)) for p, h in v[11])
+        k.ended = bool(v[12])
         # NaN (a missing feature) is written as null by orjson
-        k.vec = tuple(math.nan if x is None else float(x) for x in v[12])
+        k.vec = tuple(math.nan if x is None else float(x) for x in v[13])
         return k
 
 
@@ -505,6 +515,8 @@ class _Group:
         return g
 
 
+#: Grouping types shared by many unrelated customers (a cloud ASN, an SDK's default user agent).
+_BROAD = ("asn", "user_agent")
 _SEV_RANK = {"info": 0, "warning": 1, "critical": 2}
 _MAX_LIFETIMES = 32
 _MAX_NAMED = 4096
@@ -548,6 +560,15 @@ def _simhashes(v: Any) -> list[int]:
             if h and h not in out:
                 out.append(h)
     return out
+
+
+_MAX_PARTNERS = 8
+
+
+def _remember(partners: tuple[tuple[str, int], ...], key: str, h: int) -> tuple[tuple[str, int], ...]:
+    """Add (key, hash) as the most recent partner; at most _MAX_PARTNERS, oldest dropped."""
+    kept = tuple(x for x in partners if x[0] != key)
+    return (kept + ((key, h),))[-_MAX_PARTNERS:]
 
 
 def _key_tag(key: str) -> int:
@@ -914,7 +935,7 @@ class CampaignDetector:
             return True
         if v in ("allowlisted", "false_positive"):
             return False
-        return k.susp >= self.config.member_threshold
+        return k.susp >= self.config.link_threshold
 
     def _push_hash(self, h: int, tag: int, key: str, ts: float, matched: bool = False) -> None:
         i = self._hpos
@@ -980,10 +1001,14 @@ class CampaignDetector:
                 if not is_old:
                     self._push_hash(int(h), tag, key, ts, hit)
                     k.xmatch += int(hit)
-            if partners and me_links:
-                for p, h in partners.items():
-                    pk = self._keys[p]
-                    if self._linker(p, pk, ts):
+            for p, h in partners.items():
+                pk = self._keys[p]
+                k.partners = _remember(k.partners, p, h)
+                pk.partners = _remember(pk.partners, key, h)
+            if me_links:
+                for p, h in k.partners:
+                    pk = self._keys.get(p)
+                    if pk is not None and self._linker(p, pk, ts):
                         self._join(k, pk, h, ts, alerts)
         else:
             partners = {}
@@ -1095,6 +1120,40 @@ class CampaignDetector:
                 candidates.append((k.susp, m, k))
         return active, implicated, candidates
 
+    def _named(
+        self,
+        etype: str,
+        implicated: list[tuple[float, str, _Key]],
+        candidates: list[tuple[float, str, _Key]],
+        confirmed: bool,
+    ) -> list[tuple[float, str, _Key]]:
+        """The members an alert names.
+
+        Narrow groups (an account, a /24, a template family) name every implicated member and
+        the associated ones. Broad groups (an ASN, a user agent) hold many unrelated customers:
+        they name only implicated members whose behaviour profile matches the implicated
+        centroid (an honest eval harness or reasoning app in a cloud ASN that a campaign also
+        uses is implicated-looking on its own, but runs different tooling), and no associates.
+        """
+        if etype not in _BROAD or confirmed:
+            return implicated + self._associated(etype, implicated, candidates)
+        if len(implicated) < self.config.min_implicated:
+            return implicated
+        centroid = self._centroid(implicated)
+        limit = self.config.assoc_distance
+        return [c for c in implicated if c[0] >= 1.0 or _distance(c[2].vec, centroid) <= limit]
+
+    def _centroid(self, implicated: list[tuple[float, str, _Key]]) -> tuple[float, ...]:
+        nf = len(PROFILE_FEATURES)
+        sums = [0.0] * nf
+        cnts = [0] * nf
+        for _, _, k in implicated:
+            for i, x in enumerate(k.vec[:nf]):
+                if x == x:
+                    sums[i] += x
+                    cnts[i] += 1
+        return tuple(sums[i] / cnts[i] if cnts[i] else math.nan for i in range(nf))
+
     def _associated(
         self, etype: str, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]]
     ) -> list[tuple[float, str, _Key]]:
@@ -1111,15 +1170,7 @@ class CampaignDetector:
             # a template family's plain members joined by matching a prompt or two: profile
             # likeness alone does not name them (a light user with a popular prompt would)
             return [c for c in candidates if routine(c[2])]
-        nf = len(PROFILE_FEATURES)
-        sums = [0.0] * nf
-        cnts = [0] * nf
-        for _, _, k in implicated:
-            for i, x in enumerate(k.vec[:nf]):
-                if x == x:
-                    sums[i] += x
-                    cnts[i] += 1
-        centroid = tuple(sums[i] / cnts[i] if cnts[i] else math.nan for i in range(nf))
+        centroid = self._centroid(implicated)
         limit = self.config.assoc_distance
         return [c for c in candidates if _distance(c[2].vec, centroid) <= limit]
 
@@ -1150,7 +1201,7 @@ class CampaignDetector:
                 g.named = set()
                 g.quiet_since = None
                 g.severity = self._severity(score, confirmed)
-                named = implicated + self._associated(etype, implicated, candidates)
+                named = self._named(etype, implicated, candidates, confirmed)
                 return [self._fire(gk, g, now, score, reasons, window, named, active)]
             return []
         # episode open
@@ -1163,7 +1214,7 @@ class CampaignDetector:
         g.quiet_since = None
         sev = self._severity(score, confirmed)
         escalated = _SEV_RANK[sev] > _SEV_RANK[g.severity]
-        named = implicated + self._associated(etype, implicated, candidates)
+        named = self._named(etype, implicated, candidates, confirmed)
         new_named = sum(1 for _, m, _ in named if m not in g.named)
         if escalated or (new_named > 0 and now - g.last_fire >= cfg.refire_interval):
             g.severity = sev if escalated else g.severity
