@@ -107,9 +107,10 @@ class DetectorConfig:
         Distinct prompts per Bloom generation (repeats are seen within ~1-2x this many).
     score_mix
         ``(c0, c1, c2)`` of ``content * (c0 + c1*extraction + c2*automation)``; sums to 1.
-    unknown_exponent, unknown_automation
-        How much content evidence a key loses for content fields its gateway does not send, and
-        how much more its automation evidence then weighs (models.policy.scrape_score).
+    unknown_exponent, unknown_automation, unknown_relief
+        How much content evidence a key loses for content fields its gateway does not send, how
+        much more its automation evidence then weighs, and how much machine-like arrival
+        (automation) relieves that loss (models.policy.scrape_score).
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
@@ -159,6 +160,7 @@ class DetectorConfig:
     score_mix: tuple[float, float, float] = (0.45, 0.35, 0.2)
     unknown_exponent: float = 0.5
     unknown_automation: float = 0.0
+    unknown_relief: float = 1.0
     population_weight: float = 0.3
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
@@ -209,6 +211,8 @@ class DetectorConfig:
              f"score_mix must be three weights in [0, 1] summing to 1, got {mix}")
         need(0.0 <= self.unknown_automation <= 5.0,
              f"unknown_automation must be in [0, 5], got {self.unknown_automation}")
+        need(0.0 <= self.unknown_relief <= 1.0,
+             f"unknown_relief must be in [0, 1], got {self.unknown_relief}")
         need(0.0 <= self.unknown_exponent <= 2.0,
              f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
         need(0.0 <= self.population_weight <= 1.0,
@@ -350,7 +354,7 @@ class DetectionCore:
         ks.evals += 1
         pop = self.population
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight)
-        s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation)
+        s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation, cfg.unknown_relief)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
         thr = self._threshold(ks, ts, s_dir)
@@ -472,7 +476,8 @@ class DetectionCore:
             pop = self.population
             vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight)
             _, contrib = scrape_score(
-                vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation
+                vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation,
+                self.config.unknown_relief,
             )
         alert = self.policy.resolve(ks, k, ks.f[F.F_SCORE], ts, self._reasons(ks, vec, contrib, ks.ep_det))
         ks.f[F.F_ABOVE] = 0.0

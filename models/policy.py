@@ -68,6 +68,7 @@ def scrape_score(
     mix: tuple[float, float, float],
     unknown_exponent: float = 0.5,
     unknown_automation: float = 0.0,
+    unknown_relief: float = 0.0,
 ) -> tuple[float, list[float]]:
     """Combine a direction vector into a score and per-feature contributions.
 
@@ -90,6 +91,11 @@ def scrape_score(
         When part of the content is unknown, the automation weight ``c2`` grows by this times
         the unknown share of content weight (what is asked is uncertain, so how it arrives
         carries more of the evidence; content stays necessary).
+    unknown_relief
+        The unknown-content penalty exponent is scaled by ``1 - unknown_relief * automation``:
+        a key whose arrivals are machine-like (regular, flat, at volume, throttled) loses less
+        of its known content evidence (the long-answer share) to the fields its gateway does
+        not send. 0 = off; content is still necessary.
 
     Returns
     -------
@@ -128,7 +134,17 @@ def scrape_score(
             acc += w * v
     if known_w <= 0.0:
         return 0.0, [0.0] * len(vec)
-    content = acc / known_w * (known_w / _GROUP_W[0]) ** unknown_exponent
+    s = 0.0
+    for i, w in _GROUP_IDX[2]:
+        v = vec[i]
+        if v == v:
+            s += w * v
+    automation = s / _GROUP_W[2]  # unknown (NaN) automation tells count as 0
+    if known_w < _GROUP_W[0]:
+        expo = unknown_exponent * (1.0 - unknown_relief * automation) if unknown_relief > 0.0 else unknown_exponent
+        content = acc / known_w * (known_w / _GROUP_W[0]) ** expo
+    else:
+        content = acc / known_w
     nov = vec[_NOVELTY]
     gate = 0.3 + 0.7 * nov if nov == nov else 1.0
     sam = vec[_SAMPLED]
@@ -142,12 +158,6 @@ def scrape_score(
         if v == v:
             keep *= 1.0 - w * v
     extraction = 1.0 - keep
-    s = 0.0
-    for i, w in _GROUP_IDX[2]:
-        v = vec[i]
-        if v == v:
-            s += w * v
-    automation = s / _GROUP_W[2]  # unknown (NaN) automation tells count as 0
     c0, c1, c2 = mix
     if unknown_automation > 0.0:
         c2 = c2 * (1.0 + unknown_automation * (1.0 - known_w / _GROUP_W[0]))
