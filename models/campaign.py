@@ -1184,7 +1184,11 @@ class CampaignDetector:
             return []
         confirmed = verdict == "confirmed"
         active, implicated, candidates = self._member_view(g, now, confirmed)
-        score, reasons, window = self._score(gk, g, now, active, implicated, confirmed)
+        # members running the implicated keys' tooling with more cover traffic (association)
+        # count toward the implicated share of a narrow group; broad groups count only the
+        # implicated (their customers are unrelated)
+        n_assoc = 0 if etype in _BROAD else len(self._associated(etype, implicated, candidates))
+        score, reasons, window = self._score(gk, g, now, active, implicated, confirmed, n_assoc)
         if verdict == "false_positive":
             if g.open:
                 g.bar = max(g.bar, cfg.fp_raise, min(0.98, score + 0.1) - cfg.open_score)
@@ -1234,6 +1238,7 @@ class CampaignDetector:
         active: int,
         implicated: list[tuple[float, str, _Key]],
         confirmed: bool,
+        n_assoc: int = 0,
     ) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
         cfg = self.config
         etype, entity = gk
@@ -1245,7 +1250,7 @@ class CampaignDetector:
         }
         if n_imp == 0:
             return 0.0, [], window
-        share_lb = _wilson_lower(n_imp, active)
+        share_lb = _wilson_lower(n_imp + n_assoc, active)
         mean_susp = sum(s for s, _, _ in implicated) / n_imp
         # templates shared across different implicated keys
         fam_count: dict[str, int] = {}
