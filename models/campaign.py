@@ -31,8 +31,9 @@ import hashlib
 import math
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -70,7 +71,7 @@ def campaign_alert_id(entity_type: str, entity: str, episode_seq: int) -> str:
     32
     """
     return hashlib.blake2b(
-        f"{entity_type}|{entity}|campaign|{episode_seq}".encode("utf-8"), digest_size=16
+        f"{entity_type}|{entity}|campaign|{episode_seq}".encode(), digest_size=16
     ).hexdigest()
 
 
@@ -124,7 +125,7 @@ def _distance(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """Mean absolute difference over the features both profiles have (inf when none)."""
     tot = 0.0
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # a key restored from old state may be shorter
         if x == x and y == y:  # not NaN
             tot += abs(x - y)
             n += 1
@@ -420,7 +421,7 @@ class _Key:
         ]
 
     @classmethod
-    def from_list(cls, v: list[Any]) -> "_Key":
+    def from_list(cls, v: list[Any]) -> _Key:
         k = cls(float(v[0]), float(v[1]))
         k.events = int(v[2])
         k.score = float(v[3])
@@ -496,7 +497,7 @@ class _Group:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "_Group":
+    def from_dict(cls, d: dict[str, Any]) -> _Group:
         g = cls()
         g.members = OrderedDict((str(k), float(t)) for k, t in d["m"])
         g.seen_total = int(d["n"])

@@ -232,8 +232,9 @@ def test_memory_is_bounded_with_eviction_counts():
 
 
 def test_export_import_round_trip_continues_identically():
-    cfg = CampaignConfig(warmup=0.0)
-    snaps = campaign_snaps(6, {"client_net": "192.0.2.0/24", "template": ["b0:1", "b1:2"]})
+    cfg = CampaignConfig(warmup=0.0, hash_window=16)  # a small ring, so it wraps mid-run
+    snaps = campaign_snaps(6, {"client_net": "192.0.2.0/24"}) + template_campaign(6, prefix="tmpl")
+    snaps.sort(key=lambda s: (s["ts"], s["api_key"]))
     half = len(snaps) // 2
     a = CampaignDetector(cfg)
     out_a = run(a, snaps)
@@ -404,3 +405,24 @@ def test_members_with_the_campaign_profile_are_named_by_association_not_honest_n
     named = {k for a in firing(run(det, snaps)) for k in a["related_entities"]}
     assert {"cover0", "cover1"} <= named
     assert "agent0" not in named
+
+
+def test_broad_groups_name_only_members_with_the_campaigns_profile():
+    det = CampaignDetector(CampaignConfig(warmup=0.0))
+    # an honest eval harness in the cloud ASN the campaign also uses: implicated-looking on its
+    # own (CoT, reasoning topics) but different tooling (greedy, periodic, templated re-runs)
+    harness = {"cot_share": 0.9, "capability_share": 0.9, "capability_breadth": 0.2,
+               "single_turn_share": 1.0, "output_ratio": 0.4, "novelty": 0.05, "template_share": 0.9,
+               "sampling_share": 0.0, "rate": 0.9}
+    assert member_suspicion(0.25, harness) >= 0.5
+    snaps = campaign_snaps(6, {"asn": "64510"}) + campaign_snaps(1, {"asn": "64510"}, feats=harness,
+                                                                 prefix="harness")
+    snaps.sort(key=lambda s: s["ts"])
+    fired = firing(run(det, snaps), "asn")
+    assert fired
+    named = {k for a in fired for k in a["related_entities"]}
+    assert "harness0" not in named and {f"evil{i}" for i in range(6)} <= named
+    # the same key on the campaign's own /24 (a narrow group) is named: it is implicated there
+    det2 = CampaignDetector(CampaignConfig(warmup=0.0))
+    narrow = [dict(s, groups={"client_net": "198.51.100.0/24"}) for s in snaps]
+    assert "harness0" in {k for a in firing(run(det2, narrow)) for k in a["related_entities"]}
