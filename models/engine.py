@@ -161,12 +161,12 @@ class DetectorConfig:
     unknown_exponent: float = 0.5
     unknown_automation: float = 0.0
     unknown_relief: float = 1.0
-    population_weight: float = 0.3
+    population_weight: float = 0.25
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
     threshold_quantile: float = 0.995
     threshold_margin: float = 0.05
-    confirm_evals: int = 2
+    confirm_evals: int = 1
     fast_open_margin: float = 0.1
     drift_bonus: float = 0.05
     drift_memory: float = 1800.0
