@@ -362,3 +362,25 @@ def test_any_valid_events_never_crash_and_alerts_stay_valid(events, now):
         assert all(v == v for v in s["features"].values())
     for k in list(core.keys):
         DetectionCore().import_key(k, core.export_key(k))
+
+
+def test_machine_like_arrival_relieves_unknown_content_but_content_stays_necessary():
+    from models.features import FEATURES
+    from models.policy import scrape_score
+
+    def vec(**kw):
+        v = [float("nan") if n in ("cot_share", "capability_share", "capability_breadth",
+                                   "single_turn_share", "novelty", "template_share")
+             else 0.0 for n in FEATURES]
+        for n, x in kw.items():
+            v[FEATURES.index(n)] = x
+        return v
+
+    bot = dict(timing_regularity=0.8, duty_cycle=1.0, rate=0.9, throttled_share=0.3)
+    lean_harvester = vec(harvest_share=0.6, output_ratio=0.4, **bot)
+    lean_batch = vec(harvest_share=0.0, output_ratio=0.0, **bot)
+    mix = (0.45, 0.35, 0.2)
+    off = scrape_score(lean_harvester, mix, 0.5, 0.0, 0.0)[0]
+    on = scrape_score(lean_harvester, mix, 0.5, 0.0, 1.0)[0]
+    assert on > off * 1.1
+    assert scrape_score(lean_batch, mix, 0.5, 0.0, 1.0)[0] == 0.0
