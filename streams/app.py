@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
 import time
 from collections.abc import Iterable
@@ -123,6 +124,7 @@ class Worker:
     # ------------------------------------------------------------------ app
     def _build_app(self) -> faust.App:
         s = self.settings
+        os.makedirs(s.data_dir, exist_ok=True)   # Faust creates only the last level
         app = faust.App(
             s.app_id,
             broker=",".join(f"kafka://{b}" for b in s.bootstrap.split(",")),

@@ -90,7 +90,13 @@ def run_demo(settings: Settings, args: Any) -> int:
         say(f"sending events to {settings.events_topic} ...")
         res = produce_file(settings, events, rate=args.rate)
         say(f"sent {res['events']:,} events at {res['events_per_s']:,.0f}/s; alerts as they arrive:")
-        done.wait(timeout=300)
+        deadline = time.monotonic() + 300
+        while not done.wait(timeout=1.0) and time.monotonic() < deadline:
+            if worker.poll() is not None:
+                with open(log_path, "rb") as fh:
+                    tail = fh.read()[-3000:].decode("utf-8", "replace")
+                say(f"the worker exited with status {worker.returncode}; its log ends:\n{tail}")
+                return 1
     except KeyboardInterrupt:
         pass
     finally:
