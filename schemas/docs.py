@@ -80,7 +80,8 @@ def render() -> str:
          "Invalid events (bad JSON, non-UTF-8, wrong types, NaN/Infinity, negative counts, an "
          "empty `api_key`, arrays instead of objects, more than 1 MiB) are dead-lettered with one "
          "of the reasons `too_large`, `not_utf8`, `invalid_json`, `not_object`, `missing_field`, "
-         "`wrong_type`, `out_of_range`, `bad_format`, the original bytes (base64, at most 64 KiB, "
+         "`wrong_type`, `out_of_range`, `bad_format` (and `processing_error` for a valid event the "
+         "detector failed on, a bug: one event never stops a partition), the original bytes (base64, at most 64 KiB, "
          "`prompt_text` redacted to a SHA-256) and the source topic/partition/offset or file line."),
         (ALERT_SCHEMA, EXAMPLE_ALERT,
          "`alert_id` is `blake2b(entity_type|entity|detector|episode number)`: the firing, "

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
@@ -32,6 +33,8 @@ __all__ = [
 MAX_EVENT_BYTES = 1 << 20
 
 #: Every reason :class:`InvalidEvent` can carry (the closed set of the ``reason`` metric label).
+#: ``processing_error`` is not a contract violation: a valid event the detector failed on (a
+#: bug), dead-lettered by the drivers so that one event cannot stop a partition.
 INVALID_REASONS = (
     "too_large",
     "not_utf8",
@@ -41,6 +44,7 @@ INVALID_REASONS = (
     "wrong_type",
     "out_of_range",
     "bad_format",
+    "processing_error",
 )
 
 

@@ -19,6 +19,7 @@ before the state that produced them is written, and both before the input offset
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -247,7 +248,20 @@ class Worker:
     async def _detect_agent(self, stream: Any) -> None:
         s = self.settings
         async for events in stream.take_events(s.batch_max, within=s.batch_within):
-            await self._handle_batch(events)
+            try:
+                await self._handle_batch(events)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise   # shutdown or rebalance: Faust handles it
+                # Sends or state writes failed after the producer's own retries. Faust would
+                # ack the batch on the way out and could commit offsets whose alerts or state
+                # never reached the broker; exiting at once keeps at-least-once: a restart
+                # re-reads from the last committed offset.
+                log.critical("batch of %d events failed (%r): exiting without committing so "
+                             "that a restart re-reads them; restart the worker (a supervisor "
+                             "such as systemd does it by itself)", len(events), exc)
+                logging.shutdown()
+                os._exit(75)
 
     async def _handle_batch(self, events: list[Any]) -> None:
         m = self.metrics
@@ -288,12 +302,23 @@ class Worker:
                 continue
             part = msg.partition
             core = self._core_for(part)
-            if not core.has_key(key):
-                blob = key_state.get(kb)
-                if blob:
-                    core.import_key(key, blob)
-            seq = msg.offset if msg.topic == events_topic else None
-            alerts.extend(process(event, partition=part, seq=seq))
+            try:
+                if not core.has_key(key):
+                    blob = key_state.get(kb)
+                    if blob:
+                        core.import_key(key, blob)
+                seq = msg.offset if msg.topic == events_topic else None
+                alerts.extend(process(event, partition=part, seq=seq))
+            except Exception as exc:  # noqa: BLE001 - one event must never stop a partition
+                log.exception("detector failed on %s[%d]@%d (api_key %r); the event is "
+                              "dead-lettered as processing_error: report this as a bug",
+                              msg.topic, msg.partition, msg.offset, key)
+                m.events_invalid.labels("processing_error").inc()
+                err = InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}"[:500])
+                rec = dead_letter(orjson.dumps(event), err, detected_at=now, source={
+                    "topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
+                dead.append((msg.key, orjson.dumps(rec)))
+                continue
             touched.add(part)
             valid += 1
             ts = event["ts"]

@@ -119,7 +119,16 @@ def replay(
                 dlq.write(orjson.dumps(rec) + b"\n")
                 continue
             summary.events += 1
-            alerts = process(event)
+            try:
+                alerts = process(event)
+            except Exception as exc:  # noqa: BLE001 - one event must never stop a replay
+                summary.invalid += 1
+                err = InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}"[:500])
+                rec = dead_letter(orjson.dumps(event), err,
+                                  source={"file": events_path, "line": lineno},
+                                  detected_at=time.time())
+                dlq.write(orjson.dumps(rec) + b"\n")
+                continue
             if alerts:
                 emit(alerts)
             if runner is not None and detector.snapshots:

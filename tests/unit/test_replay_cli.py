@@ -92,3 +92,23 @@ def test_worker_help_lists_the_settings():
     for var in ("MOATWATCH_BOOTSTRAP", "MOATWATCH_WEB_PORT", "MOATWATCH_EVENTS_TOPIC",
                 "MOATWATCH_ALERTS_TOPIC", "MOATWATCH_DLQ_TOPIC", "MOATWATCH_APP_ID"):
         assert var in out.stdout
+
+
+def test_an_event_the_detector_fails_on_is_dead_lettered_not_fatal(tmp_path, monkeypatch):
+    from streams import pipeline
+
+    real = pipeline.Detector.process
+
+    def flaky(self, event, **kw):
+        if event["event_id"] == "e7":
+            raise RuntimeError("boom")
+        return real(self, event, **kw)
+
+    monkeypatch.setattr(pipeline.Detector, "process", flaky)
+    src = tmp_path / "events.jsonl"
+    src.write_bytes(b"\n".join(_events(20)) + b"\n")
+    summary = replay(str(src), str(tmp_path / "a.jsonl"), progress=False)
+    assert summary.events == 20 and summary.invalid == 1
+    dead = [orjson.loads(x) for x in (tmp_path / "a.dlq.jsonl").read_bytes().splitlines()]
+    assert dead[0]["reason"] == "processing_error" and "boom" in dead[0]["detail"]
+    assert dead[0]["source"]["line"] == 8
