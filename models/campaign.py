@@ -282,6 +282,10 @@ class CampaignConfig:
         prompts matched implicated keys' prompts at least ``template_min_matches`` times and in
         at least ``template_min_share`` of its indexed prompts: it routinely sends the campaign's
         templates, where a light user only now and then sends a popular prompt.
+    require_joint
+        After warm-up, a group opens only with evidence that exists across keys: implicated keys
+        sharing a template family, or key churn (new keys, short lifetimes). Share and
+        suspicion alone describe independent suspicious keys, which the per-key detector judges.
     assoc_floor, assoc_distance
         While a group fires, a member below ``member_threshold`` is still named when its
         suspicion is at least ``assoc_floor`` and its behaviour profile lies within
@@ -325,6 +329,7 @@ class CampaignConfig:
     template_min_share: float = 0.2
     assoc_floor: float = 0.2
     assoc_distance: float = 0.2
+    require_joint: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
@@ -334,6 +339,8 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if type(self.match_bits) is not int or not 0 <= self.match_bits <= 24:
             raise ValueError(f"match_bits must be an integer in [0, 24], got {self.match_bits!r}")
+        if type(self.require_joint) is not bool:
+            raise ValueError(f"require_joint must be a bool, got {self.require_joint!r}")
         if self.max_related > 100:
             raise ValueError(f"max_related must be <= 100 (Alert v1 bound), got {self.max_related}")
         for name in (
@@ -1293,7 +1300,12 @@ class CampaignDetector:
             ("key_churn", 0.15, e_churn),
         ]
         raw = sum(w * e for _, w, e in parts)
-        gated = n_imp >= cfg.min_implicated and share_lb >= cfg.min_share
+        # evidence that exists only across keys: shared templates, or key churn (new keys, short
+        # lifetimes). Without either, a few long-lived suspicious keys behind one /24 are each
+        # the per-key detector's business, not a campaign. Before warm-up ends churn cannot be
+        # seen, so its absence is no evidence then.
+        joint = e_tmpl > 0 or e_churn > 0 or not warm or not cfg.require_joint
+        gated = n_imp >= cfg.min_implicated and share_lb >= cfg.min_share and joint
         if confirmed:
             score = max(raw, cfg.open_score)
         else:

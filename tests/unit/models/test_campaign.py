@@ -140,6 +140,28 @@ def test_campaign_of_individually_quiet_keys_fires_with_valid_alert_naming_membe
     assert all(s <= 0.3 for s in [0.25])
 
 
+def test_long_lived_suspicious_neighbours_without_cross_key_evidence_are_not_a_campaign():
+    # three old keys behind one small /24 (an eval harness and friends), each suspicious on its
+    # own, no shared templates, no new keys, no short lifetimes: the per-key detector's business
+    def snaps():
+        out = []
+        for r in range(4):
+            for i in range(3):
+                out.append(snap(f"old{i}", T0 + 3 * 3600 + r * 600.0 + i * 60.0, SCRAPER,
+                                {"client_net": "192.0.2.0/24"}, first_ts=T0 + i))
+        return [snap("warm", T0, BENIGN, {"asn": "1"})] + out
+
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=3600.0)), snaps())) == []
+    # the same members as new keys are a burst: that is cross-key evidence
+    fresh = [dict(s, first_ts=s["ts"] - 120.0) if s["api_key"] != "warm" else s for s in snaps()]
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=3600.0)), fresh), "client_net")
+    # and the gate can be switched off
+    off = CampaignDetector(CampaignConfig(warmup=3600.0, require_joint=False))
+    assert firing(run(off, snaps()), "client_net")
+    with pytest.raises(ValueError, match="require_joint"):
+        CampaignConfig(require_joint=1)  # type: ignore[arg-type]
+
+
 def test_huge_benign_group_does_not_fire_whatever_its_size():
     det = CampaignDetector(CampaignConfig(warmup=0.0, max_members_per_group=2000))
     snaps = []
