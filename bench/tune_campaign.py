@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    campaign FP groups: {res['fp_groups']}")
             print(f"    state: {st}")
     if args.json:
-        print(orjson.dumps(results, default=str, option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(results, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     else:
         rec = [r["campaign_recall"] for r in results.values()]
         fpr = [r["fpr"] for r in results.values()]
