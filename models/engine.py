@@ -80,7 +80,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.2"
+MODEL_VERSION = "key-0.3"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -101,6 +101,12 @@ class DetectorConfig:
         Event-count EW rate of the per-key shares (1/32: about the last 32 events).
     prior_weight
         Pseudo-count of the population prior the content shares are shrunk toward.
+    fast_alpha, fast_weight, fast_z
+        Short-horizon harvest share: an EW(``fast_alpha``) share of harvest requests (about the
+        last 8) raises the long share by ``fast_weight`` times its rise beyond ``fast_z``
+        binomial standard deviations of the fast window around the long share (upward only;
+        a drift into harvesting shows within a few requests, a key that always harvested
+        half the time does not gain from its wandering).
     dup_bits, template_bits
         SimHash Hamming distance for a near-duplicate / a same-template prompt.
     bloom_rotate
@@ -154,6 +160,9 @@ class DetectorConfig:
     warmup_seconds: float = 60.0
     share_alpha: float = 1.0 / 32.0
     prior_weight: float = 3.0
+    fast_alpha: float = 0.125
+    fast_weight: float = 1.0
+    fast_z: float = 1.5
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
@@ -203,6 +212,10 @@ class DetectorConfig:
             need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
                  f"{name} must be a finite number of seconds >= 0, got {v!r}")
         need(0.0 < self.share_alpha < 1.0, f"share_alpha must be in (0, 1), got {self.share_alpha}")
+        need(self.share_alpha <= self.fast_alpha < 1.0,
+             f"fast_alpha must be in [share_alpha, 1), got {self.fast_alpha}")
+        need(0.0 <= self.fast_weight <= 1.0, f"fast_weight must be in [0, 1], got {self.fast_weight}")
+        need(0.0 <= self.fast_z <= 10.0, f"fast_z must be in [0, 10], got {self.fast_z}")
         need(self.dup_bits < self.template_bits <= 32,
              f"need dup_bits < template_bits <= 32, got {self.dup_bits}, {self.template_bits}")
         need(self.bloom_rotate <= 400, f"bloom_rotate must be <= 400 (2048-bit filter), got {self.bloom_rotate}")
@@ -312,7 +325,7 @@ class DetectionCore:
         self.events_total = 0
         self.duplicates_total = 0
         self._last_sweep = 0.0
-        self._args = (cfg.share_alpha, cfg.dup_bits, cfg.template_bits, cfg.bloom_rotate)
+        self._args = (cfg.share_alpha, cfg.dup_bits, cfg.template_bits, cfg.bloom_rotate, cfg.fast_alpha)
 
     # -- the per-event path ----------------------------------------------------------------
     def process(self, event: dict, seq: int | None = None) -> list[dict]:
@@ -334,7 +347,7 @@ class DetectionCore:
         if ks.ep_sev and ks.events and ts - f[F.F_LAST] > cfg.quiet_timeout:
             out.append(self._resolve(k, ks, f[F.F_LAST]))
         a = self._args
-        apply_event(ks, event, a[0], a[1], a[2], a[3])
+        apply_event(ks, event, a[0], a[1], a[2], a[3], a[4])
         self.events_total += 1
         self._dirty.add(k)
         if ks.ep_sev:
@@ -353,7 +366,7 @@ class DetectionCore:
         f[F.F_LAST_EVAL] = ts
         ks.evals += 1
         pop = self.population
-        vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight)
+        vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha, cfg.fast_z)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation, cfg.unknown_relief)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
@@ -474,7 +487,8 @@ class DetectionCore:
     def _resolve(self, k, ks, ts, vec=None, contrib=None) -> dict:
         if vec is None:
             pop = self.population
-            vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight)
+            vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight, self.config.fast_weight,
+                                     self.config.fast_alpha, self.config.fast_z)
             _, contrib = scrape_score(
                 vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation,
                 self.config.unknown_relief,

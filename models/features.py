@@ -88,7 +88,9 @@ F_HARV_W = 50  # answered requests, decayed
 F_HARV_S = 51  # ... that look like one harvest: capability topic, long answer
 F_STREAM_W = 52  # events that say whether they stream
 F_BATCH_S = 53  # ... and do not (a client collecting whole answers, not a UI)
-NF = 54
+F_HFAST_W = 54  # answered requests, decayed fast (short horizon: the last ~8 requests)
+F_HFAST_S = 55  # ... that are harvests (the short window sees a drift into harvesting early)
+NF = 56
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
@@ -143,13 +145,15 @@ DIRECTION = {
 }
 
 
-def apply_event(ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom_cap: int) -> None:
+def apply_event(
+    ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom_cap: int, fast_alpha: float = 0.125
+) -> None:
     """Fold one validated QueryEvent v1 into the key state (per-event hot path).
 
     ``alpha`` is the event-count EW rate of the shares; ``dup_bits`` / ``tmpl_bits`` are the
     SimHash Hamming distances under which a prompt counts as a near-duplicate / a member of a
     recent template family; ``bloom_cap`` is the insert count after which the Bloom filter
-    rotates its generations.
+    rotates its generations; ``fast_alpha`` is the EW rate of the short-horizon harvest share.
     """
     f = ks.f
     d = 1.0 - alpha
@@ -231,6 +235,9 @@ def apply_event(ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom
         harvest = lr >= _LONG_ANSWER and (topic is None or topic in _CAP_TOPIC_SET)
         f[F_HARV_W] = f[F_HARV_W] * d + 1.0
         f[F_HARV_S] = f[F_HARV_S] * d + (1.0 if harvest else 0.0)
+        df = 1.0 - fast_alpha
+        f[F_HFAST_W] = f[F_HFAST_W] * df + 1.0
+        f[F_HFAST_S] = f[F_HFAST_S] * df + (1.0 if harvest else 0.0)
     f[F_429] = f[F_429] * d + (alpha if status == 429 else 0.0)
 
     v = ev.get("cot_request")
@@ -363,7 +370,10 @@ _NAN = float("nan")
 _MIN_W = 3.0
 
 
-def direction_features(ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0) -> list[float]:
+def direction_features(
+    ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0, fast_weight: float = 0.0,
+    fast_alpha: float = 0.125, fast_z: float = 0.0,
+) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
     A feature whose field the key's gateway does not send is NaN ("unknown"), never 0 or 1:
@@ -418,6 +428,16 @@ def direction_features(ks, pop_log_rate: float, prior=None, prior_weight: float 
     rate_t = math.log1p(events_per_hour(ks)) - pop_log_rate
     rate_t = min(max(rate_t / 3.0, 0.0), 1.0)  # 1 at ~20x the population's typical rate
     harv = f[F_HARV_S] / f[F_HARV_W] if f[F_HARV_W] >= _MIN_W else _NAN
+    if fast_weight > 0.0 and harv == harv:
+        # Upward only: the short horizon may raise the share (a key that just turned to
+        # harvesting), never lower it (a harvester pausing for a few chat requests).
+        fast = f[F_HFAST_S] / f[F_HFAST_W]
+        # Only a rise beyond the fast window's own binomial noise around the long share counts
+        # (sd of an EW(fast_alpha) mean of Bernoulli(p): sqrt(p(1-p) a/(2-a))): a key already
+        # harvesting half the time wanders; one that never did and now does has changed.
+        rise = fast - harv - fast_z * math.sqrt(harv * (1.0 - harv) * fast_alpha / (2.0 - fast_alpha))
+        if rise > 0.0:
+            harv += fast_weight * rise
     batch = f[F_BATCH_S] / f[F_STREAM_W] if f[F_STREAM_W] >= _MIN_W else _NAN
     vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t, batch]
     if prior is not None and prior_weight > 0.0:

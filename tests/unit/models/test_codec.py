@@ -120,3 +120,13 @@ def test_truncated_and_bitflipped_real_blobs(core):
             decode_key(bytes(b))
         except ValueError:
             pass
+
+
+def test_blob_of_an_older_layout_is_rejected():
+    from models.codec import KEY_FORMAT_VERSION, encode_key
+    from models.keymodel import KeyState
+
+    blob = bytearray(encode_key(KeyState()))
+    blob[3] = KEY_FORMAT_VERSION - 1  # the version byte follows the 3-byte magic
+    with pytest.raises(ValueError, match="not supported"):
+        decode_key(bytes(blob))

@@ -384,3 +384,31 @@ def test_machine_like_arrival_relieves_unknown_content_but_content_stays_necessa
     on = scrape_score(lean_harvester, mix, 0.5, 0.0, 1.0)[0]
     assert on > off * 1.1
     assert scrape_score(lean_batch, mix, 0.5, 0.0, 1.0)[0] == 0.0
+
+
+def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
+    from models.features import FEATURES, apply_event, direction_features
+    from models.keymodel import KeyState
+
+    def ev(i, harvest):
+        return {"event_id": str(i), "ts": T0 + 10.0 * i, "api_key": "k", "status": 200,
+                "prompt_tokens": 40, "completion_tokens": 900 if harvest else 30,
+                "topic": "math" if harvest else "chat"}
+
+    h = FEATURES.index("harvest_share")
+    drifted, harvester = KeyState(), KeyState()
+    for i in range(200):
+        apply_event(drifted, ev(i, i >= 194), 1 / 32, 0, 20, 96)
+        apply_event(harvester, ev(i, i < 194), 1 / 32, 0, 20, 96)
+    slow = direction_features(drifted, 0.0)[h]
+    fast = direction_features(drifted, 0.0, fast_weight=1.0, fast_z=1.5)[h]
+    assert slow < 0.2 < 0.4 < fast  # six harvests after a long benign history show at once
+    # a harvester pausing for six chat requests keeps its long share (upward only)
+    assert direction_features(harvester, 0.0, fast_weight=1.0)[h] == direction_features(harvester, 0.0)[h]
+
+
+def test_fast_window_config_is_validated():
+    with pytest.raises(ValueError, match="fast_alpha"):
+        DetectorConfig(fast_alpha=0.01)
+    with pytest.raises(ValueError, match="fast_weight"):
+        DetectorConfig(fast_weight=2.0)
