@@ -282,10 +282,23 @@ class CampaignConfig:
         prompts matched implicated keys' prompts at least ``template_min_matches`` times and in
         at least ``template_min_share`` of its indexed prompts: it routinely sends the campaign's
         templates, where a light user only now and then sends a popular prompt.
+    lifetimes_all
+        Count the lifetimes of every ended member toward key churn; by default only members
+        implicated when they ended count (an ordinary user's short session is no rotation).
+    broad_core
+        A broad group (ASN, user agent) counts only its *core*: implicated members within
+        ``assoc_distance`` of the medoid profile, so unrelated suspicious customers of one
+        cloud ASN do not add up to a campaign.
     require_joint
         After warm-up, a group opens only with evidence that exists across keys: implicated keys
         sharing a template family, or key churn (new keys, short lifetimes). Share and
         suspicion alone describe independent suspicious keys, which the per-key detector judges.
+    min_implicated_new, new_suspicion
+        A narrow group may open with only ``min_implicated_new`` implicated keys when all of
+        them are new (first seen within ``new_key_window``, after warm-up), share a template
+        family and each has member suspicion at least ``new_suspicion``: the first keys of a
+        campaign, before a third one has matched. ``min_implicated_new`` >= ``min_implicated``
+        switches it off.
     assoc_floor, assoc_distance
         While a group fires, a member below ``member_threshold`` is still named when its
         suspicion is at least ``assoc_floor`` and its behaviour profile lies within
@@ -330,17 +343,22 @@ class CampaignConfig:
     assoc_floor: float = 0.2
     assoc_distance: float = 0.2
     require_joint: bool = True
+    lifetimes_all: bool = False
+    broad_core: bool = True
+    min_implicated_new: int = 2
+    new_suspicion: float = 0.55
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
-                     "max_family_keys", "hash_window", "template_min_matches"):
+                     "max_family_keys", "hash_window", "template_min_matches", "min_implicated_new"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if type(self.match_bits) is not int or not 0 <= self.match_bits <= 24:
             raise ValueError(f"match_bits must be an integer in [0, 24], got {self.match_bits!r}")
-        if type(self.require_joint) is not bool:
-            raise ValueError(f"require_joint must be a bool, got {self.require_joint!r}")
+        for name in ("require_joint", "lifetimes_all", "broad_core"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_related > 100:
             raise ValueError(f"max_related must be <= 100 (Alert v1 bound), got {self.max_related}")
         for name in (
@@ -358,7 +376,8 @@ class CampaignConfig:
             if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
-                     "assoc_floor", "assoc_distance", "template_min_share", "link_threshold"):
+                     "assoc_floor", "assoc_distance", "template_min_share", "link_threshold",
+                     "new_suspicion"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -776,6 +795,10 @@ class CampaignDetector:
                 for m in g.members:
                     if m in ended:
                         kk = self._keys[m]
+                        if kk.susp < cfg.member_threshold and not cfg.lifetimes_all:
+                            # an ordinary user's short session is no rotation: only implicated
+                            # keys that end count toward the group's key churn
+                            continue
                         g.lifetimes.append(kk.last_ts - kk.first_ts)
                         if len(g.lifetimes) > _MAX_LIFETIMES:
                             del g.lifetimes[0]
@@ -1151,6 +1174,25 @@ class CampaignDetector:
         limit = self.config.assoc_distance
         return [c for c in implicated if c[0] >= 1.0 or _distance(c[2].vec, centroid) <= limit]
 
+    def _core(self, implicated: list[tuple[float, str, _Key]], limit: float) -> list[tuple[float, str, _Key]]:
+        """The implicated members that run one tooling: those within ``assoc_distance`` of the
+        medoid (the member with most such neighbours among the 32 most suspicious). A broad
+        group (an ASN, a user agent) counts only these: two campaign keys and two honest
+        reasoning apps in one cloud ASN are two pairs, not four coordinated keys."""
+        if len(implicated) < 2:
+            return implicated
+        top = sorted(implicated, key=lambda x: (-x[0], x[1]))[:32]
+        best: tuple[int, float, str] | None = None
+        medoid = top[0]
+        for c in top:
+            ds = [_distance(c[2].vec, o[2].vec) for o in top if o is not c]
+            near = sum(1 for d in ds if d <= limit)
+            rank = (-near, sum(min(d, 1.0) for d in ds), c[1])
+            if best is None or rank < best:
+                best, medoid = rank, c
+        return [c for c in implicated
+                if c is medoid or c[0] >= 1.0 or _distance(c[2].vec, medoid[2].vec) <= limit]
+
     def _centroid(self, implicated: list[tuple[float, str, _Key]]) -> tuple[float, ...]:
         nf = len(PROFILE_FEATURES)
         sums = [0.0] * nf
@@ -1192,6 +1234,8 @@ class CampaignDetector:
             return []
         confirmed = verdict == "confirmed"
         active, implicated, candidates = self._member_view(g, now, confirmed)
+        if etype in _BROAD and not confirmed and cfg.broad_core:
+            implicated = self._core(implicated, cfg.assoc_distance)
         # members running the implicated keys' tooling with more cover traffic (association)
         # count toward the implicated share of a narrow group; broad groups count only the
         # implicated (their customers are unrelated)
@@ -1305,7 +1349,17 @@ class CampaignDetector:
         # the per-key detector's business, not a campaign. Before warm-up ends churn cannot be
         # seen, so its absence is no evidence then.
         joint = e_tmpl > 0 or e_churn > 0 or not warm or not cfg.require_joint
-        gated = n_imp >= cfg.min_implicated and share_lb >= cfg.min_share and joint
+        # a burst: in a narrow group, fewer keys suffice when every implicated one is new and
+        # clearly implicated, and they share a template family (a campaign's first keys)
+        burst = (
+            etype not in _BROAD
+            and n_imp >= cfg.min_implicated_new
+            and new_keys == n_imp
+            and sharing == n_imp
+            and all(s >= cfg.new_suspicion for s, _, _ in implicated)
+        )
+        enough = n_imp >= cfg.min_implicated or burst
+        gated = enough and share_lb >= cfg.min_share and joint
         if confirmed:
             score = max(raw, cfg.open_score)
         else:

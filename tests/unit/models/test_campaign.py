@@ -393,6 +393,27 @@ def test_template_families_link_through_implicated_keys_confirmed_by_hamming_dis
     assert det._keys["lookalike"].fam is None and det._keys["lookalike"].xmatch == 0
 
 
+def test_two_new_clearly_implicated_keys_sharing_templates_open_a_family_early():
+    warm = [snap("old", T0 + i * 100.0, BENIGN, {"asn": "1"}) for i in range(10)]
+    start = T0 + 2 * 3600.0
+
+    def fired(cfg, feats=SCRAPER, first_ts=None):
+        snaps = template_campaign(2, start=start, feats=feats)
+        if first_ts is not None:
+            snaps = [dict(s, first_ts=first_ts) for s in snaps]
+        return firing(run(CampaignDetector(cfg), warm + snaps), "template")
+
+    cfg = CampaignConfig(warmup=600.0)
+    (a, *_) = fired(cfg)
+    assert set(a["related_entities"]) == {"evil0", "evil1"}
+    # not when the pair is old, only mildly suspicious, or the burst rule is off
+    assert fired(cfg, first_ts=T0) == []
+    mild = dict(SCRAPER, cot_share=0.25, capability_share=0.55, output_ratio=0.2)
+    assert 0.5 <= member_suspicion(0.25, mild) < cfg.new_suspicion
+    assert fired(cfg, feats=mild) == []
+    assert fired(CampaignConfig(warmup=600.0, min_implicated_new=3)) == []
+
+
 def test_keys_routinely_sending_a_firing_familys_templates_are_named_not_occasional_sharers():
     det = CampaignDetector(CampaignConfig(warmup=0.0))
     covered = dict(SCRAPER, cot_share=0.25, capability_share=0.5, single_turn_share=0.75, output_ratio=0.3,
@@ -448,3 +469,34 @@ def test_broad_groups_name_only_members_with_the_campaigns_profile():
     det2 = CampaignDetector(CampaignConfig(warmup=0.0))
     narrow = [dict(s, groups={"client_net": "198.51.100.0/24"}) for s in snaps]
     assert "harness0" in {k for a in firing(run(det2, narrow)) for k in a["related_entities"]}
+
+
+def test_a_broad_group_counts_only_its_coherent_core():
+    # two campaign keys and two honest eval harnesses in one cloud ASN: four implicated keys but
+    # two toolings, not four coordinated keys
+    harness = {"cot_share": 0.9, "capability_share": 0.9, "capability_breadth": 0.2,
+               "single_turn_share": 1.0, "output_ratio": 0.4, "novelty": 0.05, "template_share": 0.9,
+               "sampling_share": 0.0, "rate": 0.9}
+    snaps = campaign_snaps(2, {"asn": "64510"}) + campaign_snaps(2, {"asn": "64510"}, feats=harness,
+                                                                 prefix="harness")
+    snaps.sort(key=lambda s: s["ts"])
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=0.0)), snaps), "asn") == []
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=0.0, broad_core=False)), snaps), "asn")
+    # one tooling, four keys: the core is all of them
+    same = campaign_snaps(4, {"asn": "64510"})
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=0.0)), same), "asn")
+
+
+def test_only_implicated_keys_that_end_count_as_short_lived():
+    det = CampaignDetector(CampaignConfig(warmup=0.0))
+    net = {"client_net": "192.0.2.0/24"}
+    snaps = [snap(f"user{i}", T0 + i * 10.0, BENIGN, net, first_ts=T0) for i in range(4)]
+    snaps += [snap("evil", T0 + 60.0, SCRAPER, net, first_ts=T0)]
+    run(det, snaps)
+    det.advance(T0 + 2 * 3600.0)  # all ended after a short life
+    g = det._groups[("client_net", "192.0.2.0/24")]
+    assert len(g.lifetimes) == 1  # the implicated one; the users' short sessions are no churn
+    det_all = CampaignDetector(CampaignConfig(warmup=0.0, lifetimes_all=True))
+    run(det_all, snaps)
+    det_all.advance(T0 + 2 * 3600.0)
+    assert len(det_all._groups[("client_net", "192.0.2.0/24")].lifetimes) == 5
