@@ -101,12 +101,13 @@ class DetectorConfig:
         Event-count EW rate of the per-key shares (1/32: about the last 32 events).
     prior_weight
         Pseudo-count of the population prior the content shares are shrunk toward.
-    fast_alpha, fast_weight, fast_z
-        Short-horizon harvest share: an EW(``fast_alpha``) share of harvest requests (about the
+    fast_alpha, fast_weight, fast_z, fast_shares
+        Short-horizon shares: an EW(``fast_alpha``) share of harvest requests (about the
         last 8) raises the long share by ``fast_weight`` times its rise beyond ``fast_z``
         binomial standard deviations of the fast window around the long share (upward only;
         a drift into harvesting shows within a few requests, a key that always harvested
-        half the time does not gain from its wandering).
+        half the time does not gain from its wandering). With ``fast_shares`` the cot_request
+        and single-turn shares get the same short window.
     dup_bits, template_bits
         SimHash Hamming distance for a near-duplicate / a same-template prompt.
     bloom_rotate
@@ -163,6 +164,7 @@ class DetectorConfig:
     fast_alpha: float = 0.125
     fast_weight: float = 1.0
     fast_z: float = 1.5
+    fast_shares: bool = True
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
@@ -366,7 +368,8 @@ class DetectionCore:
         f[F.F_LAST_EVAL] = ts
         ks.evals += 1
         pop = self.population
-        vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha, cfg.fast_z)
+        vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha, cfg.fast_z,
+                                  cfg.fast_shares)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation, cfg.unknown_relief)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
@@ -488,7 +491,7 @@ class DetectionCore:
         if vec is None:
             pop = self.population
             vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight, self.config.fast_weight,
-                                     self.config.fast_alpha, self.config.fast_z)
+                                     self.config.fast_alpha, self.config.fast_z, self.config.fast_shares)
             _, contrib = scrape_score(
                 vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation,
                 self.config.unknown_relief,

@@ -90,7 +90,11 @@ F_STREAM_W = 52  # events that say whether they stream
 F_BATCH_S = 53  # ... and do not (a client collecting whole answers, not a UI)
 F_HFAST_W = 54  # answered requests, decayed fast (short horizon: the last ~8 requests)
 F_HFAST_S = 55  # ... that are harvests (the short window sees a drift into harvesting early)
-NF = 56
+F_CFAST_W = 56  # the same short horizon for cot_request ...
+F_CFAST_S = 57
+F_SFAST_W = 58  # ... and for single-turn requests
+F_SFAST_S = 59
+NF = 60
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
@@ -244,6 +248,9 @@ def apply_event(
     if v is not None:
         f[F_COT_W] = f[F_COT_W] * d + 1.0
         f[F_COT_S] = f[F_COT_S] * d + (1.0 if v else 0.0)
+        df = 1.0 - fast_alpha
+        f[F_CFAST_W] = f[F_CFAST_W] * df + 1.0
+        f[F_CFAST_S] = f[F_CFAST_S] * df + (1.0 if v else 0.0)
 
     v = ev.get("topic")
     if v is not None:
@@ -263,6 +270,9 @@ def apply_event(
     if v is not None:
         f[F_TURN_W] = f[F_TURN_W] * d + 1.0
         f[F_SINGLE_S] = f[F_SINGLE_S] * d + (1.0 if v == 1 else 0.0)
+        df = 1.0 - fast_alpha
+        f[F_SFAST_W] = f[F_SFAST_W] * df + 1.0
+        f[F_SFAST_S] = f[F_SFAST_S] * df + (1.0 if v == 1 else 0.0)
 
     # logprobs / n default to off in the API, so an absent field is a "no", not unknown.
     samp = (nsamp is not None and nsamp > 1) or bool(ev.get("logprobs")) or bool(ev.get("top_logprobs"))
@@ -372,7 +382,7 @@ _MIN_W = 3.0
 
 def direction_features(
     ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0, fast_weight: float = 0.0,
-    fast_alpha: float = 0.125, fast_z: float = 0.0,
+    fast_alpha: float = 0.125, fast_z: float = 0.0, fast_shares: bool = False,
 ) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
@@ -428,16 +438,11 @@ def direction_features(
     rate_t = math.log1p(events_per_hour(ks)) - pop_log_rate
     rate_t = min(max(rate_t / 3.0, 0.0), 1.0)  # 1 at ~20x the population's typical rate
     harv = f[F_HARV_S] / f[F_HARV_W] if f[F_HARV_W] >= _MIN_W else _NAN
-    if fast_weight > 0.0 and harv == harv:
-        # Upward only: the short horizon may raise the share (a key that just turned to
-        # harvesting), never lower it (a harvester pausing for a few chat requests).
-        fast = f[F_HFAST_S] / f[F_HFAST_W]
-        # Only a rise beyond the fast window's own binomial noise around the long share counts
-        # (sd of an EW(fast_alpha) mean of Bernoulli(p): sqrt(p(1-p) a/(2-a))): a key already
-        # harvesting half the time wanders; one that never did and now does has changed.
-        rise = fast - harv - fast_z * math.sqrt(harv * (1.0 - harv) * fast_alpha / (2.0 - fast_alpha))
-        if rise > 0.0:
-            harv += fast_weight * rise
+    if fast_weight > 0.0:
+        harv = _fast_rise(harv, f[F_HFAST_S], f[F_HFAST_W], fast_weight, fast_alpha, fast_z)
+        if fast_shares:
+            cot = _fast_rise(cot, f[F_CFAST_S], f[F_CFAST_W], fast_weight, fast_alpha, fast_z)
+            single = _fast_rise(single, f[F_SFAST_S], f[F_SFAST_W], fast_weight, fast_alpha, fast_z)
     batch = f[F_BATCH_S] / f[F_STREAM_W] if f[F_STREAM_W] >= _MIN_W else _NAN
     vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t, batch]
     if prior is not None and prior_weight > 0.0:
@@ -450,6 +455,19 @@ def direction_features(
             if v == v:
                 vec[i] = (n * v + m * prior[i]) / (n + m)
     return vec
+
+
+def _fast_rise(long: float, s: float, w: float, weight: float, alpha: float, z: float) -> float:
+    """The long share raised toward its short-horizon share ``s / w`` (upward only).
+
+    Only a rise beyond the fast window's own binomial noise around the long share counts (sd of
+    an EW(alpha) mean of Bernoulli(p): ``sqrt(p (1-p) alpha / (2 - alpha))``): a key already at
+    half wanders; one that never did and now does has changed.
+    """
+    if long != long or w < _MIN_W:
+        return long
+    rise = s / w - long - z * math.sqrt(long * (1.0 - long) * alpha / (2.0 - alpha))
+    return long + weight * rise if rise > 0.0 else long
 
 
 # Indices of the content shares shrunk toward the population for keys with few events.

@@ -393,7 +393,7 @@ def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
     def ev(i, harvest):
         return {"event_id": str(i), "ts": T0 + 10.0 * i, "api_key": "k", "status": 200,
                 "prompt_tokens": 40, "completion_tokens": 900 if harvest else 30,
-                "topic": "math" if harvest else "chat"}
+                "topic": "math" if harvest else "chat", "cot_request": harvest, "turn": 1 if harvest else 3}
 
     h = FEATURES.index("harvest_share")
     drifted, harvester = KeyState(), KeyState()
@@ -403,6 +403,10 @@ def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
     slow = direction_features(drifted, 0.0)[h]
     fast = direction_features(drifted, 0.0, fast_weight=1.0, fast_z=1.5)[h]
     assert slow < 0.2 < 0.4 < fast  # six harvests after a long benign history show at once
+    c, s1 = FEATURES.index("cot_share"), FEATURES.index("single_turn_share")
+    both = direction_features(drifted, 0.0, fast_weight=1.0, fast_z=1.5, fast_shares=True)
+    plain = direction_features(drifted, 0.0)
+    assert both[c] > plain[c] + 0.2 and both[s1] > plain[s1] + 0.2
     # a harvester pausing for six chat requests keeps its long share (upward only)
     assert direction_features(harvester, 0.0, fast_weight=1.0)[h] == direction_features(harvester, 0.0)[h]
 
