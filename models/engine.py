@@ -103,7 +103,7 @@ class DetectorConfig:
         Pseudo-count of the population prior the content shares are shrunk toward.
     fast_alpha, fast_weight, fast_z, fast_shares
         Short-horizon shares: an EW(``fast_alpha``) share of harvest requests (about the
-        last 8) raises the long share by ``fast_weight`` times its rise beyond ``fast_z``
+        last 5) raises the long share by ``fast_weight`` times its rise beyond ``fast_z``
         binomial standard deviations of the fast window around the long share (upward only;
         a drift into harvesting shows within a few requests, a key that always harvested
         half the time does not gain from its wandering). With ``fast_shares`` the cot_request
@@ -161,7 +161,7 @@ class DetectorConfig:
     warmup_seconds: float = 60.0
     share_alpha: float = 1.0 / 32.0
     prior_weight: float = 3.0
-    fast_alpha: float = 0.125
+    fast_alpha: float = 0.2
     fast_weight: float = 1.0
     fast_z: float = 1.5
     fast_shares: bool = True
