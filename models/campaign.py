@@ -289,11 +289,10 @@ class CampaignConfig:
         A broad group (ASN, user agent) counts only its *core*: implicated members within
         ``assoc_distance`` of the medoid profile, so unrelated suspicious customers of one
         cloud ASN do not add up to a campaign.
-    require_joint, joint_new_share
+    require_joint
         After warm-up, a group opens only with evidence that exists across keys: implicated keys
-        sharing a template family, or key churn: at least ``joint_new_share`` of the implicated
-        keys new, or implicated keys that ended after short lives. Share and suspicion alone
-        describe independent suspicious keys, which the per-key detector judges.
+        sharing a template family, or key churn (new keys, short lifetimes). Share and
+        suspicion alone describe independent suspicious keys, which the per-key detector judges.
     min_implicated_new, new_suspicion
         A narrow group may open with only ``min_implicated_new`` implicated keys when all of
         them are new (first seen within ``new_key_window``, after warm-up), share a template
@@ -344,7 +343,6 @@ class CampaignConfig:
     assoc_floor: float = 0.2
     assoc_distance: float = 0.2
     require_joint: bool = True
-    joint_new_share: float = 0.5
     lifetimes_all: bool = False
     broad_core: bool = True
     min_implicated_new: int = 2
@@ -379,7 +377,7 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
                      "assoc_floor", "assoc_distance", "template_min_share", "link_threshold",
-                     "new_suspicion", "joint_new_share"):
+                     "new_suspicion"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -1350,10 +1348,7 @@ class CampaignDetector:
         # lifetimes). Without either, a few long-lived suspicious keys behind one /24 are each
         # the per-key detector's business, not a campaign. Before warm-up ends churn cannot be
         # seen, so its absence is no evidence then.
-        # one new key among old ones is no burst: churn counts when at least half the
-        # implicated keys are new, or the group's implicated keys end after short lives
-        churned = new_share >= cfg.joint_new_share or short_life > 0
-        joint = e_tmpl > 0 or churned or not warm or not cfg.require_joint
+        joint = e_tmpl > 0 or e_churn > 0 or not warm or not cfg.require_joint
         # a burst: in a narrow group, fewer keys suffice when every implicated one is new and
         # clearly implicated, and they share a template family (a campaign's first keys)
         burst = (
