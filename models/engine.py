@@ -138,6 +138,11 @@ class DetectorConfig:
         episode's peak score plus this.
     idle_ttl
         Keys silent this long (event time) are evicted by :meth:`DetectionCore.advance`.
+    max_keys
+        Hard cap on keys held (per core, i.e. per input partition). When a flood of new keys
+        passes it within ``idle_ttl``, :meth:`DetectionCore.advance` evicts the longest-silent
+        keys without an open episode down to 90% of the cap, so memory stays bounded whatever
+        the key rate (about 1.4 KiB per key).
     snapshot_every_seconds, snapshot_min_events
         Rate of campaign member snapshots per key.
     hst_trees, hst_height, hst_window, seed
@@ -187,6 +192,7 @@ class DetectorConfig:
     quiet_timeout: float = 1800.0
     fp_penalty: float = 0.1
     idle_ttl: float = 6 * 3600.0
+    max_keys: int = 1_000_000
     snapshot_every_seconds: float = 300.0
     snapshot_min_events: int = 3
     hst_trees: int = 10
@@ -204,7 +210,7 @@ class DetectorConfig:
 
         for name in ("eval_every_events", "warmup_events", "confirm_evals", "bloom_rotate",
                      "snapshot_min_events", "hst_trees", "hst_height", "hst_window",
-                     "ph_min_instances", "dup_bits", "template_bits"):
+                     "ph_min_instances", "dup_bits", "template_bits", "max_keys"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1 or (name == "dup_bits" and v == 0),
                  f"{name} must be a positive integer, got {v!r}")
@@ -565,6 +571,16 @@ class DetectionCore:
                 del keys[k]
                 self._dirty.discard(k)
             self.evicted_total += len(stale)
+        if len(keys) > cfg.max_keys:
+            # a flood of fresh keys inside idle_ttl: drop the longest-silent ones (ties by key,
+            # so replay and live drop the same), never a key with an open episode
+            keep = int(cfg.max_keys * 0.9)
+            idle = sorted((ks.f[F.F_LAST], k) for k, ks in keys.items() if not ks.ep_sev)
+            drop = idle[: max(0, len(keys) - keep)]
+            for _, k in drop:
+                del keys[k]
+                self._dirty.discard(k)
+            self.evicted_total += len(drop)
         return out
 
     # -- state transfer ------------------------------------------------------------------------

@@ -70,3 +70,20 @@ def test_memory_growth_is_bounded_for_one_busy_key():
     core.drain_member_snapshots()
     assert len(core.export_key("busy")) <= max(size, 900)
     assert core.stats()["tracked_keys"] == 1
+
+
+def test_max_keys_caps_a_flood_of_fresh_keys_inside_the_idle_ttl():
+    from models.engine import DetectionCore, DetectorConfig
+
+    core = DetectionCore(DetectorConfig(max_keys=1000))
+    t = 1767571200.0
+    for i in range(5000):
+        t += 0.01   # 5000 keys in 50 s: far inside the 6 h idle TTL
+        core.process({"event_id": str(i), "ts": t, "api_key": f"flood-{i}", "prompt_tokens": 5,
+                      "completion_tokens": 5, "status": 200})
+        if i % 100 == 99:
+            core.advance(t)
+            assert core.stats()["tracked_keys"] <= 1000
+    assert core.stats()["evicted_total"] >= 4000
+    # the newest keys are the ones kept
+    assert core.has_key("flood-4999") and not core.has_key("flood-0")
