@@ -50,6 +50,8 @@ __all__ = ["Worker", "create_worker"]
 log = logging.getLogger("moatwatch.worker")
 
 _SHARED_KEY = b"__partition__/%d"
+#: Seconds between commits of the input offsets (the worker commits them itself).
+COMMIT_EVERY_S = 1.0
 # partition-state value: version byte, the housekeeping clock (next grid time, unconfirmed jump;
 # NaN = none), then DetectionCore.export_shared(). The clock lives beside the state it drives so
 # a restarted worker advances (resolves, evicts) at the same event times as an uninterrupted one.
@@ -119,6 +121,8 @@ class Worker:
         self._evicted_seen: dict[int, int] = {}
         self._last_offsets: dict[tuple[str, int], int] = {}
         self._last_totals: dict[str, int] = {}
+        self._pending_commit: dict[Any, int] = {}
+        self._last_commit = 0.0
         self.metrics.set_build_info(model_version=MODEL_VERSION)
         self.app = self._build_app()
 
@@ -169,11 +173,16 @@ class Worker:
         self.partition_state = app.Table("partition-state", schema=raw, key_type=bytes,
                                          value_type=bytes, partitions=self.partitions,
                                          default=None)
+        # acks=False: the worker commits these offsets itself (see _commit_pending), after the
+        # batch's alerts and state are on the broker. Faust's ack-gap bookkeeping could stall a
+        # partition's commits for good after repeated rebalances (seen in the crash and failover
+        # tests: committed offset frozen while processing went on).
         both = app.topic(s.events_topic, f"{s.app_id}-events-rekeyed", key_serializer="raw",
-                         value_serializer="raw", partitions=self.partitions)
+                         value_serializer="raw", partitions=self.partitions, acks=False)
         app.agent(both, name="detect")(self._detect_agent)
         app.agent(self.snapshot_topic, name="campaigns")(self._campaign_agent)
         app.timer(5.0)(self._report_stats)
+        app.timer(COMMIT_EVERY_S)(self._commit_pending)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         install_web(app, metrics=self.metrics, ready=lambda: readiness(app), token=s.web_token)
@@ -181,6 +190,11 @@ class Worker:
 
     async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **kwargs: Any) -> None:
         self.metrics.rebalances.inc()
+        try:   # hand over what is done; a failed commit only means re-reading (deduplicated)
+            await self._commit_pending()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("commit before rebalance failed (%r); the next owner re-reads those "
+                        "events and skips what the key state already holds", exc)
         for tp in revoked:
             if tp.topic == self.settings.events_topic:
                 self.detector.drop(tp.partition)
@@ -348,7 +362,30 @@ class Worker:
             await fut
         m.dlq_published.inc(len(dead))
         self._write_state(touched)
+        pending = self._pending_commit
+        for ev in events:
+            tp = ev.message.tp
+            nxt = ev.message.offset + 1
+            if nxt > pending.get(tp, -1):
+                pending[tp] = nxt
         m.batch_seconds.observe(time.perf_counter() - started)
+        if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+            await self._commit_pending()
+
+    async def _commit_pending(self) -> None:
+        """Commit the input offsets of finished batches, after everything they sent is acked.
+
+        Batches record their next offsets only after their alerts, dead letters and re-keyed
+        events were acknowledged and their state changelog records were queued; the producer
+        flush here makes those records durable before the offsets that they cover commit.
+        """
+        self._last_commit = time.monotonic()
+        if not self._pending_commit:
+            return
+        offsets, self._pending_commit = self._pending_commit, {}
+        await self.app.producer.flush()
+        # Faust's own commit path minus its ack bookkeeping (acks are off for these topics)
+        await self.app.consumer._commit(offsets)
 
     async def _send_alerts(self, alerts: list[dict[str, Any]]) -> list[Any]:
         out = []
