@@ -230,3 +230,13 @@ def test_sasl_scram_listener(broker: LocalKafka) -> None:
     # A broker already running with SASL reports both listeners to a plain start.
     again = broker.run("start")
     assert again.returncode == 0 and again.stdout.splitlines() == [plain, f"sasl {sasl}"]
+
+
+def test_a_cluster_id_starting_with_a_dash_formats_and_starts(broker: LocalKafka) -> None:
+    """Kafka cluster ids are base64url, and one in 64 starts with "-": the format call must not
+    let StorageTool's argument parser take it for an option (a CI run failed on exactly that)."""
+    out = broker.run("start", MOATWATCH_KAFKA_CLUSTER_ID="-xzcioKKRiWJ8KMnRqq2EQ")
+    assert out.returncode == 0, out.stderr
+    meta = (broker.home / "data" / "meta.properties").read_text()
+    assert "cluster.id=-xzcioKKRiWJ8KMnRqq2EQ" in meta
+    _round_trip(out.stdout.strip())
