@@ -38,8 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.campaign import CampaignConfig, CampaignDetector  # noqa: E402
-
-ADVANCE_EVERY_S = 5.0
+from streams.pipeline import EventTimeClock  # noqa: E402
 
 
 def _decoder():
@@ -71,7 +70,7 @@ def key_pass(events_path: Path, cache_path: Path) -> None:
 
     dec = _decoder()
     core = DetectionCore()
-    next_at: float | None = None
+    clock = EventTimeClock()   # the drivers' housekeeping grid, jump guard included
     n = 0
     t0 = time.perf_counter()
     tmp = cache_path.with_suffix(".tmp")
@@ -82,11 +81,8 @@ def key_pass(events_path: Path, cache_path: Path) -> None:
                 continue
             ts = ev["ts"]
             alerts: list[dict[str, Any]] = []
-            if next_at is None:
-                next_at = (ts // ADVANCE_EVERY_S) * ADVANCE_EVERY_S + ADVANCE_EVERY_S
-            elif ts >= next_at:
-                grid = (ts // ADVANCE_EVERY_S) * ADVANCE_EVERY_S
-                next_at = grid + ADVANCE_EVERY_S
+            grid = clock.due(ts)
+            if grid is not None:
                 alerts.extend(core.advance(grid))
             alerts.extend(core.process(ev))
             for a in alerts:
@@ -102,7 +98,7 @@ def key_pass(events_path: Path, cache_path: Path) -> None:
 def campaign_pass(cache_path: Path, alerts_path: Path, config: CampaignConfig) -> dict[str, Any]:
     """Feed cached snapshots to a fresh CampaignDetector; write key + campaign alerts."""
     det = CampaignDetector(config)
-    next_at: float | None = None
+    clock = EventTimeClock()   # the drivers' housekeeping grid, jump guard included
     n_snap = 0
     t0 = time.perf_counter()
     with open(cache_path, "rb") as src, open(alerts_path, "wb") as out:
@@ -115,11 +111,8 @@ def campaign_pass(cache_path: Path, alerts_path: Path, config: CampaignConfig) -
             n_snap += 1
             ts = s["ts"]
             alerts: list[dict[str, Any]] = []
-            if next_at is None:
-                next_at = (ts // ADVANCE_EVERY_S) * ADVANCE_EVERY_S + ADVANCE_EVERY_S
-            elif ts >= next_at:
-                grid = (ts // ADVANCE_EVERY_S) * ADVANCE_EVERY_S
-                next_at = grid + ADVANCE_EVERY_S
+            grid = clock.due(ts)
+            if grid is not None:
                 alerts.extend(det.advance(grid))
             alerts.extend(det.observe(s))
             for a in alerts:

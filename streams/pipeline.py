@@ -28,6 +28,7 @@ from schemas.validation import InvalidEvent, decode_event
 __all__ = [
     "ADVANCE_EVERY_S",
     "CampaignRunner",
+    "EventTimeClock",
     "DEAD_LETTER_PREVIEW_BYTES",
     "MAX_CLOCK_JUMP_S",
     "Detector",
@@ -150,7 +151,7 @@ def dead_letter(
 ADVANCE_EVERY_S = 5.0
 
 
-class _Clock:
+class EventTimeClock:
     """Event-time housekeeping grid for one stream of events (one partition, or snapshots)."""
 
     __slots__ = ("next_at", "pending")
@@ -204,7 +205,7 @@ class Detector:
         self.config = config
         self.feedback = feedback
         self.cores: dict[int, DetectionCore] = {}
-        self._clocks: dict[int, _Clock] = {}
+        self._clocks: dict[int, EventTimeClock] = {}
         self._part_cache: dict[str, int] = {}
         self.snapshots: list[dict[str, Any]] = []
 
@@ -212,7 +213,7 @@ class Detector:
         core = self.cores.get(partition)
         if core is None:
             core = self.cores[partition] = DetectionCore(self.config, feedback=self.feedback)
-            self._clocks[partition] = _Clock()
+            self._clocks[partition] = EventTimeClock()
         return core
 
     def clock_of(self, partition: int) -> tuple[float | None, float | None]:
@@ -284,7 +285,7 @@ class CampaignRunner:
         from models.campaign import CampaignDetector
 
         self.detector = CampaignDetector(feedback=feedback)
-        self._clock = _Clock()
+        self._clock = EventTimeClock()
 
     def observe(self, snapshots: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -80,9 +80,9 @@ def test_detector_partitions_and_redelivery():
 
 
 def test_housekeeping_clock_ignores_a_lone_jump_but_follows_a_confirmed_gap():
-    from streams.pipeline import MAX_CLOCK_JUMP_S, _Clock
+    from streams.pipeline import MAX_CLOCK_JUMP_S, EventTimeClock
 
-    c = _Clock()
+    c = EventTimeClock()
     assert c.due(1000.0) is None
     assert c.due(1006.0) == 1005.0
     assert c.due(1e12) is None                          # lone outlier: ignored
