@@ -53,7 +53,9 @@ __all__ = [
 #: ``model_version`` stamped on campaign alerts.
 CAMPAIGN_MODEL_VERSION = "campaign-2"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
-CAMPAIGN_STATE_VERSION = 2
+CAMPAIGN_STATE_VERSION = 3
+#: Older state versions :meth:`CampaignDetector.import_state` still reads.
+_READABLE_STATE_VERSIONS = (2, 3)
 #: Grouping attributes, in the order groups are evaluated (the Alert v1 ``entity_type``).
 GROUP_TYPES = ("account", "client_net", "asn", "template", "user_agent")
 
@@ -492,7 +494,9 @@ class _Group:
         self.seen_total = 0
         self.last_ts = -math.inf
         self.last_eval = -math.inf
-        self.lifetimes: list[float] = []  # recent ended-member lifetimes, bounded
+        # ended implicated members as (key, lifetime), one entry per key, bounded; an entry is
+        # withdrawn when its key comes back (a paused job was not rotated out)
+        self.lifetimes: list[tuple[str, float]] = []
         self.open = False
         self.seq = 0
         self.opened_ts = 0.0
@@ -510,7 +514,7 @@ class _Group:
             "n": self.seen_total,
             "lt": self.last_ts if math.isfinite(self.last_ts) else None,
             "le": self.last_eval if math.isfinite(self.last_eval) else None,
-            "life": self.lifetimes,
+            "life": [[k, t] for k, t in self.lifetimes],
             "open": self.open,
             "seq": self.seq,
             "ots": self.opened_ts,
@@ -529,7 +533,9 @@ class _Group:
         g.seen_total = int(d["n"])
         g.last_ts = -math.inf if d["lt"] is None else float(d["lt"])
         g.last_eval = -math.inf if d["le"] is None else float(d["le"])
-        g.lifetimes = [float(x) for x in d["life"]]
+        # version 2 wrote bare lifetimes without their key
+        g.lifetimes = [("", float(x)) if type(x) in (int, float) else (str(x[0]), float(x[1]))
+                       for x in d["life"]]
         g.open = bool(d["open"])
         g.seq = int(d["seq"])
         g.opened_ts = float(d["ots"])
@@ -713,6 +719,9 @@ class CampaignDetector:
             self._keys.move_to_end(key)
             k.first_ts = min(k.first_ts, first_ts)
         k.last_ts = max(k.last_ts, ts)
+        # a key that had ended (or was forgotten after member_ttl) and sends again was paused,
+        # not rotated out: its lifetime entries are withdrawn below
+        resumed = k.ended or k.events == 0
         k.ended = False
         ev = snapshot.get("events")
         if type(ev) is int and ev >= 0:
@@ -751,6 +760,9 @@ class CampaignDetector:
                     g.members.popitem(last=False)
                     self._evicted += 1
             g.members[key] = ts
+            if resumed and g.lifetimes:
+                # the key paused (a batch job between runs) and came back: it did not end
+                g.lifetimes = [x for x in g.lifetimes if x[0] != key]
             for p in extra.get(gk, ()):
                 # a partner just linked into the family is a member from its last snapshot on
                 pk = self._keys.get(p)
@@ -799,7 +811,8 @@ class CampaignDetector:
                             # an ordinary user's short session is no rotation: only implicated
                             # keys that end count toward the group's key churn
                             continue
-                        g.lifetimes.append(kk.last_ts - kk.first_ts)
+                        g.lifetimes = [x for x in g.lifetimes if x[0] != m]
+                        g.lifetimes.append((m, kk.last_ts - kk.first_ts))
                         if len(g.lifetimes) > _MAX_LIFETIMES:
                             del g.lifetimes[0]
         while self._keys:
@@ -869,7 +882,7 @@ class CampaignDetector:
             obj = orjson.loads(blob)
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"campaign state is not valid JSON ({exc})") from None
-        if type(obj) is not dict or obj.get("version") != CAMPAIGN_STATE_VERSION:
+        if type(obj) is not dict or obj.get("version") not in _READABLE_STATE_VERSIONS:
             raise ValueError(
                 f"campaign state version is not {CAMPAIGN_STATE_VERSION}: "
                 "discard it and let the detector rebuild from traffic"
@@ -1112,7 +1125,8 @@ class CampaignDetector:
             while len(ga.members) > self.config.max_members_per_group:
                 ga.members.popitem(last=False)
                 self._evicted += 1
-            ga.lifetimes = (ga.lifetimes + gb.lifetimes)[-_MAX_LIFETIMES:]
+            gone = {m for m, _ in gb.lifetimes}
+            ga.lifetimes = ([x for x in ga.lifetimes if x[0] not in gone] + gb.lifetimes)[-_MAX_LIFETIMES:]
             ga.last_ts = max(ga.last_ts, gb.last_ts)
             ga.bar = max(ga.bar, gb.bar)
             if gb.open:
@@ -1324,7 +1338,7 @@ class CampaignDetector:
             horizon = max(now - cfg.new_key_window, (self._start_ts or 0.0) + cfg.warmup)
             new_keys = sum(1 for _, _, k in implicated if k.first_ts >= horizon)
         new_share = new_keys / n_imp
-        life_med = _median(g.lifetimes) if len(g.lifetimes) >= 3 else None
+        life_med = _median([t for _, t in g.lifetimes]) if len(g.lifetimes) >= 3 else None
         short_life = 1.0 if life_med is not None and life_med < cfg.short_lifetime else 0.0
         cots = [k.cot for _, _, k in implicated if k.cot is not None]
         cot_mean = sum(cots) / len(cots) if cots else None

@@ -500,3 +500,48 @@ def test_only_implicated_keys_that_end_count_as_short_lived():
     run(det_all, snaps)
     det_all.advance(T0 + 2 * 3600.0)
     assert len(det_all._groups[("client_net", "192.0.2.0/24")].lifetimes) == 5
+
+
+def _paused_jobs(cycles=5):
+    """Three old batch keys behind one /24 (eval harnesses between runs): each sends a
+    10-minute burst once an hour, staggered by 20 min, and is silent (ended) in between."""
+    out = [snap("warm", T0, BENIGN, {"asn": "1"})]
+    for c in range(cycles):
+        for i in range(3):
+            for j in range(3):
+                ts = T0 + 5400.0 + c * 3600.0 + i * 1200.0 + j * 300.0
+                out.append(snap(f"job{i}", ts, SCRAPER, {"client_net": "192.0.2.0/24"},
+                                first_ts=T0 + 1800.0))
+    out.sort(key=lambda s: s["ts"])
+    return out
+
+
+def test_a_paused_key_that_comes_back_was_not_rotated():
+    det = CampaignDetector(CampaignConfig(warmup=3600.0))
+    # batch jobs that pause and resume are not rotation: no short-lifetime churn, no campaign
+    assert firing(run(det, _paused_jobs())) == []
+    g = det._groups[("client_net", "192.0.2.0/24")]
+    assert len({m for m, _ in g.lifetimes}) == len(g.lifetimes) <= 2  # one entry per key at most
+    # a key that ends and stays away keeps its entry (last bursts end at T0 + 6.3 h)
+    det.advance(T0 + 7.2 * 3600.0)
+    assert sorted(m for m, _ in g.lifetimes) == ["job0", "job1", "job2"]
+    # and withdraws it when it comes back
+    det.observe(snap("job1", T0 + 7.2 * 3600.0 + 60.0, SCRAPER, {"client_net": "192.0.2.0/24"},
+                     first_ts=T0 + 1800.0))
+    assert sorted(m for m, _ in g.lifetimes) == ["job0", "job2"]
+
+
+def test_state_version_2_with_bare_lifetimes_still_imports():
+    det = CampaignDetector(CampaignConfig(warmup=3600.0))
+    run(det, _paused_jobs(cycles=1))
+    det.advance(T0 + 4 * 3600.0)
+    obj = orjson.loads(det.export_state())
+    assert any(g[2]["life"] for g in obj["groups"])
+    obj["version"] = 2
+    for g in obj["groups"]:
+        g[2]["life"] = [t for _, t in g[2]["life"]]
+    back = CampaignDetector(CampaignConfig(warmup=3600.0))
+    back.import_state(orjson.dumps(obj))
+    assert all(m == "" for g in back._groups.values() for m, _ in g.lifetimes)
+    with pytest.raises(ValueError, match="version"):
+        back.import_state(orjson.dumps(dict(obj, version=1)))
