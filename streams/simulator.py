@@ -1089,8 +1089,11 @@ def _low_and_slow(rng: np.random.Generator, w: World, t0: float, t1: float, tz: 
     return _distill(rng, ts, _distill_style(rng, subtle=rng.random() < 0.5))
 
 
-def _mimicry(rng: np.random.Generator, w: World, t0: float, t1: float, tz: float) -> Cols:
-    """Office hours, jittered gaps, fake follow-up turns and chat cover over a harvest."""
+def _mimicry(rng: np.random.Generator, w: World, t0: float, t1: float,
+             tz: float) -> tuple[Cols, float | None]:
+    """Office hours, jittered gaps, fake follow-up turns and chat cover over a harvest.
+
+    Also returns the time of the first harvesting (non-cover) request, for the truth."""
     rate_h = float(rng.uniform(20, 150))
     ts = _arrivals(rng, w.traces, t0, t1, lambda g: rate_h / 3600.0 * _curve(
         _OFFICE_CURVE, w.win.local_hour(g, tz)), mode="gamma", shape=float(rng.uniform(0.6, 1.6)))
@@ -1112,7 +1115,8 @@ def _mimicry(rng: np.random.Generator, w: World, t0: float, t1: float, tz: float
         main.turn[i] = main.turn[j] + 1
         if resend:
             main.prompt[i] += main.prompt[j] + main.completion[j]
-    return Cols.concat([main, _blend_ordinary(rng, w, ts[cover])])
+    first = float(ts[~cover][0]) if (~cover).any() else None
+    return Cols.concat([main, _blend_ordinary(rng, w, ts[cover])]), first
 
 
 def _campaign_member(rng: np.random.Generator, w: World, t0: float, t1: float,
@@ -1290,6 +1294,9 @@ class _KeySpec:
     attack_start: float | None = None  # None: the key's first event (attacks), or no attack
     campaign: str | None = None
     key: str = ""
+    # set by ``build`` for keys whose harvest starts after other traffic (a drifter's old
+    # workload, a mimic's cover requests): the time of its first harvesting request
+    first_attack: float | None = None
 
 
 def _limit(rng: np.random.Generator, rate_h: float, lo: float, hi: float,
@@ -1440,8 +1447,10 @@ def _plan(w: World) -> tuple[list[_KeySpec], dict[str, dict[str, Any]]]:
             ts = _arrivals(rng, w.traces, drift_at, t1, lambda g: rate_h / 3600.0 * np.clip(
                 (g - drift_at) / max(ramp, 1.0), 0.15, 1.0), mode="gamma",
                 shape=float(rng.uniform(0.8, 10)))
+            spec.first_attack = float(ts[0]) if len(ts) else None
             return ident, Cols.concat([before, _distill(rng, ts, _distill_style(rng))])
-        return _KeySpec("drifter", "attack", build, attack_start=drift_at)
+        spec = _KeySpec("drifter", "attack", build, attack_start=drift_at)
+        return spec
 
     def low(rng0: float) -> _KeySpec:
         def build(rng: np.random.Generator) -> tuple[Identity, Cols]:
@@ -1460,8 +1469,11 @@ def _plan(w: World) -> tuple[list[_KeySpec], dict[str, dict[str, Any]]]:
             tz = ((local - (anchor / 3600.0) % 24.0) + 12.0) % 24.0 - 12.0
             ident = w.identity(rng, kind="human" if rng.random() < 0.5 else "server",
                                rpm=float(rng.uniform(20, 90)), profile_p=attack_profile)
-            return ident, _mimicry(rng, w, t0, t1, tz)
-        return _KeySpec("mimicry", "attack", build)
+            cols, first = _mimicry(rng, w, t0, t1, tz)
+            spec.first_attack = first
+            return ident, cols
+        spec = _KeySpec("mimicry", "attack", build)
+        return spec
 
     def n_attack(lo: int, hi: int) -> int:
         return 1 if s < 0.5 else int(round(int(r.integers(lo, hi + 1)) * max(1.0, s)))
@@ -1637,6 +1649,13 @@ def simulate(hours: float, seed: int, out_path: str, truth_path: str, *,
             attack_start = float(ts[0]) if spec.attack_start is None else float(spec.attack_start)
             if spec.attack_start is not None and ts[-1] < spec.attack_start:
                 continue  # a drifter whose drift never produced a request: not an attack here
+            if spec.first_attack is not None:
+                # The attack starts with its first harvesting request, not at the planned drift
+                # time (a slow ramp's first request can come many minutes later) nor with a
+                # mimic's cover chat: before it no detector has anything to see.
+                sent = ts[ts >= round(spec.first_attack, 3)]
+                if len(sent):
+                    attack_start = max(attack_start, float(sent[0]))
         all_ts.append(ts)
         blobs.append((blob, starts))
         truth_keys[spec.key] = {

@@ -147,6 +147,10 @@ def test_truth_is_consistent_with_events(run: dict) -> None:
         assert max(ts) >= info["attack_start"], "an attack key must act after its attack start"
         if info["persona"] == "drifter":
             assert min(ts) < info["attack_start"], "a drifter behaves benignly first"
+        if info["persona"] in ("drifter", "mimicry"):
+            # the attack starts with a request the key actually sent (its first harvest), not at
+            # a planned drift time nor with a mimic's cover chat
+            assert info["attack_start"] in ts and info["attack_start"] >= min(ts)
         else:
             assert info["attack_start"] == min(ts)
         if info["persona"].startswith("campaign_"):
