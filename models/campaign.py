@@ -91,6 +91,7 @@ _FEATURE_ALIASES: dict[str, tuple[str, ...]] = {
     "ratio": ("completion_prompt_ratio",),  # plain completion/prompt ratio
     "breadth": ("capability_breadth", "topic_coverage"),
     "high_value": ("capability_share", "high_value_share"),
+    "harvest": ("harvest_share",),  # the engine's share of requests that harvest (0..1)
 }
 _DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
     d: (f"{d}_share", f"topic_{d}_share", f"share_{d}", f"topic_{d}") for d in _HIGH_VALUE_DOMAINS
@@ -301,6 +302,13 @@ class CampaignConfig:
         family and each has member suspicion at least ``new_suspicion``: the first keys of a
         campaign, before a third one has matched. ``min_implicated_new`` >= ``min_implicated``
         switches it off.
+    member_harvest
+        A key counts as implicated only if at least this share of its requests are harvests
+        (the engine's ``harvest_share``: a capability topic answered at >= 2.5x the prompt's
+        length), when the snapshot reports it. Distillation needs the model's answers; eval
+        harnesses (one-token log-likelihood items), RAG batches (long prompts, short answers)
+        and coding agents look scraping-like on chain of thought, capability topics and one-shot
+        requests, but almost never harvest. Below it a key can still be named by association.
     assoc_floor, assoc_distance
         While a group fires, a member below ``member_threshold`` is still named when its
         suspicion is at least ``assoc_floor`` and its behaviour profile lies within
@@ -349,6 +357,7 @@ class CampaignConfig:
     broad_core: bool = True
     min_implicated_new: int = 2
     new_suspicion: float = 0.55
+    member_harvest: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
@@ -379,7 +388,7 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
                      "assoc_floor", "assoc_distance", "template_min_share", "link_threshold",
-                     "new_suspicion"):
+                     "new_suspicion", "member_harvest"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -409,7 +418,7 @@ class _Key:
 
     __slots__ = (
         "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "fam", "xmatch",
-        "nhash", "partners", "ended", "vec",
+        "nhash", "partners", "ended", "vec", "harv",
     )
 
     def __init__(self, first_ts: float, last_ts: float) -> None:
@@ -429,6 +438,7 @@ class _Key:
         self.partners: tuple[tuple[str, int], ...] = ()
         self.ended = False
         self.vec: tuple[float, ...] = ()
+        self.harv: float | None = None  # share of the key's requests that harvest, if reported
 
     def to_list(self) -> list[Any]:
         return [
@@ -446,6 +456,7 @@ class _Key:
             [[p, f"{h:016x}"] for p, h in self.partners],
             self.ended,
             list(self.vec),
+            self.harv,
         ]
 
     @classmethod
@@ -465,6 +476,7 @@ class _Key:
         k.ended = bool(v[12])
         # NaN (a missing feature) is written as null by orjson
         k.vec = tuple(math.nan if x is None else float(x) for x in v[13])
+        k.harv = None if len(v) < 15 or v[14] is None else float(v[14])  # absent in version 2
         return k
 
 
@@ -734,6 +746,8 @@ class CampaignDetector:
         k.breadth = _pick(features, _FEATURE_ALIASES["breadth"])
         k.doms = domain_shares(features)
         k.vec = _profile(features)
+        harv = _pick(features, _FEATURE_ALIASES["harvest"])
+        k.harv = None if harv is None else _clip01(harv)
         gvals = _group_values(snapshot.get("groups"))
 
         alerts: list[dict[str, Any]] = []
@@ -1157,7 +1171,9 @@ class CampaignDetector:
                 continue
             if v == "confirmed":
                 implicated.append((1.0, m, k))
-            elif k.susp >= cfg.member_threshold:
+            elif k.susp >= cfg.member_threshold and (k.harv is None or k.harv >= cfg.member_harvest):
+                # suspicious *and* harvesting: a key whose requests almost never take a long
+                # answer to a capability prompt is a batch job, whatever its other tells
                 implicated.append((k.susp, m, k))
             elif group_confirmed:
                 implicated.append((k.susp, m, k))

@@ -545,3 +545,18 @@ def test_state_version_2_with_bare_lifetimes_still_imports():
     assert all(m == "" for g in back._groups.values() for m, _ in g.lifetimes)
     with pytest.raises(ValueError, match="version"):
         back.import_state(orjson.dumps(dict(obj, version=1)))
+
+
+def test_keys_that_never_harvest_are_not_implicated():
+    # eval harnesses / RAG batches: chain of thought, capability topics, one-shot, but their
+    # answers are short next to their prompts, so almost no request is a harvest
+    batch = dict(SCRAPER, harvest_share=0.02)
+    net = {"client_net": "198.51.100.0/24"}
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=0.0)), campaign_snaps(6, net, feats=batch))) == []
+    harvesting = dict(SCRAPER, harvest_share=0.4)
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=0.0)), campaign_snaps(6, net, feats=harvesting)))
+    # a snapshot without the feature is judged as before (degrade, never block)
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=0.0)), campaign_snaps(6, net)))
+    # and the floor can be switched off
+    off = CampaignDetector(CampaignConfig(warmup=0.0, member_harvest=0.0))
+    assert firing(run(off, campaign_snaps(6, net, feats=batch)))
