@@ -258,7 +258,9 @@ class CampaignConfig:
         Seconds after the detector's first snapshot before "new key" evidence counts (at start
         every key looks new).
     short_lifetime
-        Keys that ended after living less than this many seconds count as short-lived.
+        Keys that ended after living less than this many seconds count as short-lived. Short
+        lives are rotation only while new implicated keys arrive (keys that end *and are
+        replaced*); a key that sends again after a pause withdraws its lifetime.
     type_weights
         Multiplier of the group score per grouping type (user agents are weak evidence).
     fp_raise
@@ -1356,6 +1358,10 @@ class CampaignDetector:
         new_share = new_keys / n_imp
         life_med = _median([t for _, t in g.lifetimes]) if len(g.lifetimes) >= 3 else None
         short_life = 1.0 if life_med is not None and life_med < cfg.short_lifetime else 0.0
+        if warm and new_keys == 0:
+            # rotation is keys that end *and are replaced*: implicated keys that ended after a
+            # short life while no new implicated key arrives are jobs that finished
+            short_life = 0.0
         cots = [k.cot for _, _, k in implicated if k.cot is not None]
         cot_mean = sum(cots) / len(cots) if cots else None
 

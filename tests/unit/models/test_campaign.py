@@ -560,3 +560,29 @@ def test_keys_that_never_harvest_are_not_implicated():
     # and the floor can be switched off
     off = CampaignDetector(CampaignConfig(warmup=0.0, member_harvest=0.0))
     assert firing(run(off, campaign_snaps(6, net, feats=batch)))
+
+
+def _finished_jobs(with_replacement):
+    """Six implicated keys behind one /24, none new after warm-up; three of them finish after
+    half an hour and never come back. Optionally a new implicated key arrives afterwards."""
+    net = {"client_net": "192.0.2.0/24"}
+    out = [snap("warm", T0, BENIGN, {"asn": "1"})]
+    for i in range(3):
+        for j in range(4):
+            out.append(snap(f"done{i}", T0 + 700.0 + i * 10.0 + j * 600.0, SCRAPER, net, first_ts=T0 + 60.0))
+    for r in range(40):
+        for i in range(3):
+            out.append(snap(f"old{i}", T0 + 700.0 + i * 10.0 + r * 600.0, SCRAPER, net, first_ts=T0 + 60.0))
+    if with_replacement:
+        out += [snap("fresh", T0 + 6000.0 + r * 600.0, SCRAPER, net, first_ts=T0 + 5900.0) for r in range(6)]
+    out.sort(key=lambda s: s["ts"])
+    return out
+
+
+def test_short_lifetimes_count_only_while_new_keys_replace_them():
+    det = CampaignDetector(CampaignConfig(warmup=600.0))
+    assert firing(run(det, _finished_jobs(False))) == []
+    g = det._groups[("client_net", "192.0.2.0/24")]
+    assert len(g.lifetimes) == 3  # they ended after short lives, but nothing replaced them
+    # the same group with a new implicated key arriving is rotation
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=600.0)), _finished_jobs(True)), "client_net")
