@@ -45,7 +45,7 @@ from streams.pipeline import (
 from streams.settings import Settings
 from streams.web import install_web, readiness, recovery_complete, web_app_options
 
-__all__ = ["Worker", "create_worker"]
+__all__ = ["Worker", "create_worker", "faust_app_options"]
 
 log = logging.getLogger("moatwatch.worker")
 
@@ -57,6 +57,8 @@ COMMIT_EVERY_S = 1.0
 # a restarted worker advances (resolves, evicts) at the same event times as an uninterrupted one.
 _SHARED_HEADER = struct.Struct("<Bdd")
 _SHARED_VERSION = 1
+#: Member snapshots per record of the snapshot topic (a record stays far below 1 MiB).
+_SNAPSHOTS_PER_RECORD = 256
 
 
 def _pack_shared(clock: tuple[float | None, float | None], shared: bytes) -> bytes:
@@ -96,6 +98,39 @@ def _credentials(settings: Settings) -> dict[str, Any]:
     return {"broker_credentials": faust.SSLCredentials(ssl_context)}
 
 
+def faust_app_options(s: Settings, partitions: int) -> dict[str, Any]:
+    """Keyword arguments of the worker's :class:`faust.App` (also used by the benchmark's
+    Faust-only probe, so that it measures the very same consumer configuration)."""
+    return dict(
+        broker=",".join(f"kafka://{b}" for b in s.bootstrap.split(",")),
+        store="memory://",
+        autodiscover=False,
+        datadir=s.data_dir,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # a batch's sends are awaited together: 5 ms of linger packs them into fewer
+        # requests (bench: 5-8% less CPU per event) and stays far inside the latency budget
+        producer_linger_ms=5,
+        # aiokafka's default fetch (1 MiB per request) starves the agent between fetches:
+        # a no-op agent consumed 1.4x more with 16 MiB (docs/benchmarks.md)
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        broker_commit_every=s.batch_max,
+        broker_commit_interval=1.0,
+        # a SIGKILLed worker's partitions move to the survivors after this long
+        broker_session_timeout=s.session_timeout,
+        broker_heartbeat_interval=min(3.0, s.session_timeout / 3.0),
+        stream_wait_empty=False,
+        **web_app_options(s),
+        **_credentials(s),
+    )
+
+
 class Worker:
     """Builds the Faust app around a :class:`~streams.pipeline.Detector` and runs it.
 
@@ -122,6 +157,7 @@ class Worker:
         self._last_offsets: dict[tuple[str, int], int] = {}
         self._last_totals: dict[str, int] = {}
         self._pending_commit: dict[Any, int] = {}
+        self._unwritten: set[int] = set()   # partitions whose state changed since the last write
         self._last_commit = 0.0
         self.metrics.set_build_info(model_version=MODEL_VERSION)
         self.app = self._build_app()
@@ -130,32 +166,7 @@ class Worker:
     def _build_app(self) -> faust.App:
         s = self.settings
         os.makedirs(s.data_dir, exist_ok=True)   # Faust creates only the last level
-        app = faust.App(
-            s.app_id,
-            broker=",".join(f"kafka://{b}" for b in s.bootstrap.split(",")),
-            store="memory://",
-            autodiscover=False,
-            datadir=s.data_dir,
-            key_serializer="raw",
-            value_serializer="raw",
-            topic_partitions=self.partitions,
-            topic_replication_factor=1,
-            table_standby_replicas=0,
-            processing_guarantee="at_least_once",
-            consumer_auto_offset_reset="earliest",
-            producer_acks=-1,
-            # a batch's sends are awaited together: 5 ms of linger packs them into fewer
-            # requests (bench: 5-8% less CPU per event) and stays far inside the latency budget
-            producer_linger_ms=5,
-            broker_commit_every=s.batch_max,
-            broker_commit_interval=1.0,
-            # a SIGKILLed worker's partitions move to the survivors after this long
-            broker_session_timeout=s.session_timeout,
-            broker_heartbeat_interval=min(3.0, s.session_timeout / 3.0),
-            stream_wait_empty=False,
-            **web_app_options(s),
-            **_credentials(s),
-        )
+        app = faust.App(s.app_id, **faust_app_options(s, self.partitions))
         self.events_topic = app.topic(s.events_topic, key_serializer="raw",
                                       value_serializer="raw", partitions=self.partitions)
         self.rekeyed_topic = app.topic(f"{s.app_id}-events-rekeyed", key_serializer="raw",
@@ -182,7 +193,7 @@ class Worker:
         app.agent(both, name="detect")(self._detect_agent)
         app.agent(self.snapshot_topic, name="campaigns")(self._campaign_agent)
         app.timer(5.0)(self._report_stats)
-        app.timer(COMMIT_EVERY_S)(self._commit_pending)
+        app.timer(COMMIT_EVERY_S)(self._commit_timer)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         install_web(app, metrics=self.metrics, ready=lambda: readiness(app), token=s.web_token)
@@ -286,7 +297,6 @@ class Worker:
         forwards: list[tuple[bytes, bytes]] = []
         touched: set[int] = set()
         now = time.time()
-        key_state = self.key_state.data
         process = self.detector.process
         perf = time.perf_counter
         observe = m.processing_seconds.observe
@@ -315,12 +325,11 @@ class Worker:
                 forwards.append((kb, orjson.dumps(event)))
                 continue
             part = msg.partition
-            core = self._core_for(part)
+            self._core_for(part)   # restores the partition's state when first used
             try:
-                if not core.has_key(key):
-                    blob = key_state.get(kb)
-                    if blob:
-                        core.import_key(key, blob)
+                # no lazy load from key_state here: _core_for restored every key of the
+                # partition, so a key missing from the core is new or was evicted (and its
+                # table entry awaits its tombstone at the next state write)
                 seq = msg.offset if msg.topic == events_topic else None
                 alerts.extend(process(event, partition=part, seq=seq))
             except Exception as exc:  # noqa: BLE001 - one event must never stop a partition
@@ -351,17 +360,23 @@ class Worker:
             pending.append(await self.dlq_topic.send(key=key, value=value))
         for key, value in forwards:
             pending.append(await self.rekeyed_topic.send(key=key, value=value))
-        score_observe = m.score.observe
-        for snap in snaps:
-            score_observe(snap["score"])   # every key evaluation, not only alerting ones
-            pending.append(await self.snapshot_topic.send(key=snap["api_key"].encode("utf-8"),
-                                                          value=orjson.dumps(snap)))
+        if snaps:
+            score_observe = m.score.observe
+            for snap in snaps:
+                score_observe(snap["score"])   # every key evaluation, not only alerting ones
+            # one record per batch (a JSON array, in order) instead of one per evaluation: the
+            # topic has one partition, so the campaign agent still sees them in order
+            for i in range(0, len(snaps), _SNAPSHOTS_PER_RECORD):
+                pending.append(await self.snapshot_topic.send(
+                    key=None, value=orjson.dumps(snaps[i:i + _SNAPSHOTS_PER_RECORD])))
         pending.extend(await self._send_alerts(alerts))
         # alerts, dead letters and forwards are on the broker before the state that made them
         for fut in pending:
             await fut
         m.dlq_published.inc(len(dead))
-        self._write_state(touched)
+        # state is written once per commit interval (see _commit_pending), not per batch: a
+        # busy key changes in many batches a second but needs one changelog record per commit
+        self._unwritten |= touched
         pending = self._pending_commit
         for ev in events:
             tp = ev.message.tp
@@ -371,6 +386,17 @@ class Worker:
         m.batch_seconds.observe(time.perf_counter() - started)
         if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
             await self._commit_pending()
+
+    async def _commit_timer(self) -> None:
+        try:
+            await self._commit_pending()
+        except Exception as exc:  # noqa: BLE001
+            # state writes or the flush failed after the producer's own retries: committing
+            # later could skip events whose state never reached the broker
+            log.critical("writing state / committing offsets failed (%r): exiting without "
+                         "committing so that a restart re-reads the uncommitted events", exc)
+            logging.shutdown()
+            os._exit(75)
 
     async def _commit_pending(self) -> None:
         """Commit the input offsets of finished batches, after everything they sent is acked.
@@ -383,6 +409,10 @@ class Worker:
         if not self._pending_commit:
             return
         offsets, self._pending_commit = self._pending_commit, {}
+        # the state of everything these offsets cover, then a flush: state is durable before
+        # the offsets that let a restart skip its events
+        touched, self._unwritten = self._unwritten, set()
+        self._write_state(touched)
         await self.app.producer.flush()
         # Faust's own commit path minus its ack bookkeeping (acks are off for these topics)
         await self.app.consumer._commit(offsets)
@@ -434,9 +464,16 @@ class Worker:
             snaps = []
             for v in values:
                 try:
-                    snaps.append(orjson.loads(v))
+                    got = orjson.loads(v)
                 except orjson.JSONDecodeError:
-                    log.warning("skipping an unreadable member snapshot (%d bytes)", len(v or b""))
+                    log.warning("skipping an unreadable member snapshot record (%d bytes)",
+                                len(v or b""))
+                    continue
+                # a record is one batch's snapshots (a list); a lone object is accepted too
+                if isinstance(got, list):
+                    snaps.extend(s for s in got if isinstance(s, dict))
+                elif isinstance(got, dict):
+                    snaps.append(got)
             alerts = self.campaigns.observe(snaps)
             for fut in await self._send_alerts(alerts):
                 await fut
