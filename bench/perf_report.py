@@ -23,11 +23,12 @@ def _f(v, digits: int = 0) -> str:
 ROWS = (
     ("decode_limit", "limit: `orjson.loads` in process"),
     ("validated_decode", "moatwatch `decode` (orjson + QueryEvent v1 validation)"),
-    ("naive_peer", "naive peer: River `MinMaxScaler \| HalfSpaceTrees` per key (*)"),
+    ("naive_peer", r"naive peer: River `MinMaxScaler \| HalfSpaceTrees` per key (*)"),
     ("replay_peer_subset", "moatwatch replay on the peer's events (*)"),
     ("replay", "moatwatch replay, all events"),
     ("raw_consume", "limit: confluent-kafka `consume(1000)` + `orjson.loads`"),
     ("raw_consume_detect", "reference: confluent-kafka consume + moatwatch `decode` + `Detector` (no Faust, no state writes)"),
+    ("faust_noop", "ceiling: the worker's Faust app with a no-op agent (orjson only; no detection, state or sends)"),
     ("worker1", "moatwatch worker, 1 process"),
     ("worker2", "moatwatch worker, 2 processes"),
     ("produce", "(producer loading the topic, confluent-kafka)"),
@@ -63,7 +64,9 @@ def render(runs: list[dict]) -> str:
     for key, label in (("replay_over_peer", "replay / naive peer (same events)"),
                        ("replay_over_decode_limit", "replay / orjson decode limit"),
                        ("worker1_over_raw", "worker x1 / raw consume limit"),
-                       ("worker2_over_raw", "worker x2 / raw consume limit")):
+                       ("worker2_over_raw", "worker x2 / raw consume limit"),
+                       ("faust_noop_over_raw", "Faust no-op agent / raw consume limit"),
+                       ("worker1_over_faust_noop", "worker x1 / Faust no-op agent")):
         if key in tp[0]:
             out.append(f"| {label} | {' | '.join(f'{t[key]:.3f}' for t in tp)} |")
     out.append("")

@@ -557,6 +557,64 @@ def raw_consume(settings: Any, topic: str, n: int, batch: int = 1000, *,
             "seconds": t_end - t_first}
 
 
+def faust_noop_child(n: int) -> dict[str, Any]:
+    """Child process of :func:`faust_ceiling`: the worker's Faust app without the work.
+
+    The app is built with the worker's own :func:`streams.app.faust_app_options` (broker, fetch
+    size, linger, commit settings), one agent on ``MOATWATCH_EVENTS_TOPIC`` takes batches exactly
+    as the detect agent does (``take_events(batch_max, within=batch_within)``, no acks) and only
+    ``orjson.loads`` each value. It prints events/s from its first batch to its ``n``-th event.
+    """
+    import faust
+
+    from streams.app import faust_app_options
+    from streams.settings import load_settings
+
+    s = load_settings()
+    app = faust.App(s.app_id, **faust_app_options(s, s.partitions))
+    topic = app.topic(s.events_topic, key_serializer="raw", value_serializer="raw", acks=False)
+    state: dict[str, Any] = {"got": 0, "t0": None}
+
+    async def noop(stream: Any) -> None:
+        loads = orjson.loads
+        async for events in stream.take_events(s.batch_max, within=s.batch_within):
+            if state["t0"] is None:
+                state["t0"] = time.perf_counter()
+            for e in events:
+                loads(e.value)
+            state["got"] += len(events)
+            if state["got"] >= n:
+                dt = time.perf_counter() - state["t0"]
+                print(json.dumps({"events_per_s": state["got"] / max(dt, 1e-9), "seconds": dt,
+                                  "consumed": state["got"]}), flush=True)
+                os._exit(0)
+
+    app.agent(topic, name="noop")(noop)
+    faust.Worker(app, loglevel="warning", quiet=True, override_logging=False
+                 ).execute_from_commandline()
+    return {}
+
+
+def faust_ceiling(bootstrap: str, prefix: str, tag: str, topic: str, n: int, partitions: int,
+                  timeout: float = 300.0) -> dict[str, Any]:
+    """What the Faust consumer alone delivers on ``topic`` (already loaded with ``n`` events).
+
+    The ceiling of any worker built on faust-streaming's Kafka transport: the same app
+    configuration and batch loop as ``moatwatch worker``, a fresh consumer group, no
+    detection, no state, no sends.
+    """
+    names = _Names(prefix, tag, partitions)
+    env = names.env(bootstrap, MOATWATCH_EVENTS_TOPIC=topic, MOATWATCH_WEB_PORT=str(_free_port()))
+    out = subprocess.run([sys.executable, "-m", "streams.bench", "_faust_noop", str(n)],
+                         env=env, cwd=REPO, capture_output=True, timeout=timeout, check=False)
+    for line in reversed(out.stdout.decode("utf-8", "replace").splitlines()):
+        at = line.find('{"events_per_s"')   # Faust may put terminal escapes before it
+        if at >= 0:
+            return json.loads(line[at:])
+    raise RuntimeError(f"the Faust-only probe exited {out.returncode} without a result:\n"
+                       + (out.stdout + out.stderr).decode("utf-8", "replace")[-3000:])
+
+
 def _proc_cpu(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -919,6 +977,11 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     add("replay >= 10x naive peer", ratio, ">= 10", None if ratio is None else ratio >= 10)
     wr = tp.get("worker1_over_raw")
     add("worker (1 proc) >= 50% of raw consume", wr, ">= 0.5", None if wr is None else wr >= 0.5)
+    # the same target for the best the Faust transport can do with no work at all: when this
+    # fails too, no worker built on faust-streaming can pass the one above
+    fr = tp.get("faust_noop_over_raw")
+    add("(ceiling) Faust no-op agent >= 50% of raw consume", fr, ">= 0.5",
+        None if fr is None else fr >= 0.5)
     lat = {round(p["load"], 2): p for p in r.get("latency", {}).get("phases", [])}
     p50 = lat.get(0.5)
     v = p50["p99_ms"] if p50 and p50["alerts"] else None
@@ -969,6 +1032,7 @@ def format_report(r: dict[str, Any]) -> str:
                        ("replay", "moatwatch replay (in process), all events"),
                        ("raw_consume", "limit: confluent batch consume + orjson"),
                        ("raw_consume_detect", "confluent consume + decode + Detector"),
+                       ("faust_noop", "Faust ceiling: worker's app, no-op agent"),
                        ("worker1", "moatwatch worker, 1 process"),
                        ("worker2", "moatwatch worker, 2 processes")):
         runs = tp.get(key)
@@ -983,7 +1047,9 @@ def format_report(r: dict[str, Any]) -> str:
     for key, label in (("replay_over_peer", "replay / naive peer"),
                        ("replay_over_decode_limit", "replay / decode limit"),
                        ("worker1_over_raw", "worker(1) / raw consume"),
-                       ("worker2_over_raw", "worker(2) / raw consume")):
+                       ("worker2_over_raw", "worker(2) / raw consume"),
+                       ("faust_noop_over_raw", "Faust no-op agent / raw consume"),
+                       ("worker1_over_faust_noop", "worker(1) / Faust no-op agent")):
         if key in tp:
             lines.append(f"{label:44} {_fmt(tp[key]):>10}  (median of per-round ratios)")
     lat = r.get("latency", {}).get("phases", [])
@@ -1065,9 +1131,10 @@ def run_bench(settings: Any, args: Any) -> int:
                                               "replay_peer_subset", "replay")}
         ratios: dict[str, list[float]] = {"replay_over_peer": [], "replay_over_decode_limit": []}
         if not skip_kafka:
-            tp.update({"raw_consume": [], "raw_consume_detect": [], "worker1": [], "worker2": [],
-                       "produce": []})
-            ratios.update({"worker1_over_raw": [], "worker2_over_raw": []})
+            tp.update({"raw_consume": [], "raw_consume_detect": [], "faust_noop": [],
+                       "worker1": [], "worker2": [], "produce": []})
+            ratios.update({"worker1_over_raw": [], "worker2_over_raw": [],
+                           "faust_noop_over_raw": [], "worker1_over_faust_noop": []})
         bootstrap = settings.bootstrap
         for rnd in range(sizes.repeats):
             _say(f"round {rnd + 1}/{sizes.repeats}: in-process")
@@ -1094,9 +1161,14 @@ def run_bench(settings: Any, args: Any) -> int:
             raw = raw_consume(w1["settings"], w1["topic"], len(lines))
             raw_det = raw_consume(w1["settings"], w1["topic"], len(lines),
                                   detect_partitions=sizes.partitions)
+            noop = faust_ceiling(bootstrap, prefix, f"noop{rnd}", w1["topic"], len(lines),
+                                 sizes.partitions)
             w2 = worker_run(bootstrap, prefix, f"w2r{rnd}", workdir, lines, 2, sizes.partitions)
             tp["raw_consume"].append(raw["events_per_s"])
             tp["raw_consume_detect"].append(raw_det["events_per_s"])
+            tp["faust_noop"].append(noop["events_per_s"])
+            ratios["faust_noop_over_raw"].append(noop["events_per_s"] / raw["events_per_s"])
+            ratios["worker1_over_faust_noop"].append(w1["events_per_s"] / noop["events_per_s"])
             tp["worker1"].append(w1["events_per_s"])
             tp["worker2"].append(w2["events_per_s"])
             tp["produce"].append(w1["produce_events_per_s"])
@@ -1107,7 +1179,8 @@ def run_bench(settings: Any, args: Any) -> int:
             ratios["worker1_over_raw"].append(w1["events_per_s"] / raw["events_per_s"])
             ratios["worker2_over_raw"].append(w2["events_per_s"] / raw["events_per_s"])
             _say(f"  raw consume {raw['events_per_s']:,.0f}/s (+ decode + detect "
-                 f"{raw_det['events_per_s']:,.0f}/s), worker x1 {w1['events_per_s']:,.0f}/s, "
+                 f"{raw_det['events_per_s']:,.0f}/s), Faust no-op agent "
+                 f"{noop['events_per_s']:,.0f}/s, worker x1 {w1['events_per_s']:,.0f}/s, "
                  f"worker x2 {w2['events_per_s']:,.0f}/s (split {w2['per_worker_consumed']}), "
                  f"producer {w1['produce_events_per_s']:,.0f}/s; worker CPU x1 {w1['worker_cpu']}, "
                  f"x2 {w2['worker_cpu']} (cores); machine busy {w1['machine_busy']:.0%}/"
@@ -1167,6 +1240,9 @@ def run_bench(settings: Any, args: Any) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - subprocess entry for the memory measurement
+    if len(sys.argv) == 3 and sys.argv[1] == "_faust_noop":
+        faust_noop_child(int(sys.argv[2]))
+        sys.exit(1)   # the child exits 0 itself once it has consumed everything
     if len(sys.argv) == 4 and sys.argv[1] == "_memory":
         print(json.dumps(memory_child(int(sys.argv[2]), sys.argv[3] == "1")))
         sys.exit(0)

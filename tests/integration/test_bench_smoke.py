@@ -28,9 +28,11 @@ def test_bench_smoke_measures_kafka_side(bootstrap, tmp_path, monkeypatch):
     assert main(["bench", "--smoke", "--out", str(out)]) == 0
     r = orjson.loads(out.read_bytes())
     tp = r["throughput"]
-    for name in ("raw_consume", "raw_consume_detect", "worker1", "worker2", "produce"):
+    for name in ("raw_consume", "raw_consume_detect", "faust_noop", "worker1", "worker2",
+                 "produce"):
         assert tp[name] and all(_ok(x) for x in tp[name]), (name, tp[name])
     assert _ok(tp["worker1_over_raw"]) and _ok(tp["worker2_over_raw"])
+    assert _ok(tp["faust_noop_over_raw"]) and _ok(tp["worker1_over_faust_noop"])
     phases = r["latency"]["phases"]
     assert phases, "no latency phase ran"
     for ph in phases:
@@ -41,6 +43,7 @@ def test_bench_smoke_measures_kafka_side(bootstrap, tmp_path, monkeypatch):
         assert _ok(ph["processing_seconds"]["mean"])
     results = {t["target"]: t["result"] for t in r["targets"]}
     assert results["worker (1 proc) >= 50% of raw consume"] in ("PASS", "FAIL")
+    assert results["(ceiling) Faust no-op agent >= 50% of raw consume"] in ("PASS", "FAIL")
     assert results["p99 produce->alert at 50% load"] in ("PASS", "FAIL")
 
     from confluent_kafka.admin import AdminClient

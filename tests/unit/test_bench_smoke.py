@@ -94,13 +94,14 @@ def test_hist_delta_reads_bucket_bounds_between_two_scrapes():
 
 
 def test_targets_pass_and_fail_from_the_numbers():
-    r = {"throughput": {"replay_over_peer": 9.9, "worker1_over_raw": 0.5},
+    r = {"throughput": {"replay_over_peer": 9.9, "worker1_over_raw": 0.5,
+                        "faust_noop_over_raw": 0.08},
          "latency": {"phases": [{"load": 0.5, "alerts": 120, "p99_ms": 251.0},
                                 {"load": 0.8, "alerts": 0, "p99_ms": float("nan")}]},
          "memory": {"sizes": [{"rss_with_table_per_key": 2000.0},
                               {"rss_with_table_per_key": 2100.0}]}}
     got = [t["result"] for t in bench.targets(r)]
-    assert got == ["FAIL", "PASS", "FAIL", "not measured", "FAIL"]
+    assert got == ["FAIL", "PASS", "FAIL", "FAIL", "not measured", "FAIL"]
 
 
 def test_collapsed_stacks_summary_counts_own_and_inclusive(tmp_path):
