@@ -9,7 +9,8 @@ event-time housekeeping every 5 s), feed every member snapshot, in order, into a
 * campaign-key recall: share of campaign keys named by a firing alert (campaign or key) at or
   after the key's attack start;
 * benign false-positive rate: share of benign keys named by any firing alert;
-* per campaign: delay from its start to the first firing alert naming one of its keys.
+* per campaign: delay from its start to the first firing alert naming one of its keys, and the
+  same for campaign alerts alone.
 
 The per-key pass is the slow part, so its output (key alerts and snapshots) is cached in
 ``OUT_DIR/seed{S}.snaps.jsonl``; later runs only re-run the campaign detector (``--fresh``
@@ -129,6 +130,7 @@ def score(truth_path: Path, alerts_path: Path) -> dict[str, Any]:
     keys: dict[str, Any] = truth["keys"]
     campaigns: dict[str, Any] = truth.get("campaigns", {})
     first_named: dict[str, float] = {}  # key -> first firing ts naming it at/after attack start
+    first_campaign: dict[str, float] = {}  # the same, campaign alerts only
     named_any: set[str] = set()
     by_detector: dict[str, set[str]] = {}
     fp_by: dict[str, int] = {}
@@ -151,6 +153,8 @@ def score(truth_path: Path, alerts_path: Path) -> dict[str, Any]:
                     if start is None or a["event_ts"] >= start:
                         if k not in first_named:
                             first_named[k] = a["event_ts"]
+                        if a["detector"] == "campaign" and k not in first_campaign:
+                            first_campaign[k] = a["event_ts"]
                         by_detector.setdefault(a["detector"], set()).add(k)
                 elif a["detector"] == "campaign":
                     fp_by[f"{a['entity_type']}:{a['entity']}"] = fp_by.get(f"{a['entity_type']}:{a['entity']}", 0) + 1
@@ -172,6 +176,7 @@ def score(truth_path: Path, alerts_path: Path) -> dict[str, Any]:
         caught = [k for k in ck if k in first_named]
         by_camp = {d: len(set(ck) & s) for d, s in by_detector.items()}
         delay = min((first_named[k] for k in caught), default=None)
+        delay_c = min((first_campaign[k] for k in ck if k in first_campaign), default=None)
         out["campaigns"][cid] = {
             "kind": c.get("kind"),
             "keys": len(ck),
@@ -179,6 +184,8 @@ def score(truth_path: Path, alerts_path: Path) -> dict[str, Any]:
             "recall": len(caught) / max(len(ck), 1),
             "by_detector": by_camp,
             "delay_min": None if delay is None else round((delay - c["start_ts"]) / 60.0, 1),
+            # the campaign detector on its own (the per-key engine names many campaigns first)
+            "campaign_delay_min": None if delay_c is None else round((delay_c - c["start_ts"]) / 60.0, 1),
         }
     out["campaign_recall"] = sum(1 for k in all_ck if k in first_named) / max(len(all_ck), 1)
     return out
@@ -250,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{', '.join(res['fp_personas']) or '-'})  alerts {res['alerts']}")
             for cid, c in res["campaigns"].items():
                 print(f"    {cid} ({c['kind']}): {c['caught']}/{c['keys']} keys, "
-                      f"detected after {c['delay_min']} min, by {c['by_detector']}")
+                      f"detected after {c['delay_min']} min (campaign detector alone: "
+                      f"{c['campaign_delay_min']} min), by {c['by_detector']}")
             if res["fp_groups"]:
                 print(f"    campaign FP groups: {res['fp_groups']}")
             print(f"    state: {st}")
