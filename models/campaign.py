@@ -571,6 +571,7 @@ _BYTES_PER_KEY = 360
 _BYTES_PER_MEMBER = 120
 _BYTES_PER_GROUP = 600
 _BYTES_PER_FAMILY = 200
+_BYTES_PER_LIFETIME = 100  # (api_key, lifetime) of an ended implicated member, <= 32 per group
 
 
 def _wilson_lower(k: int, n: int, z: float = 1.645) -> float:
@@ -867,6 +868,7 @@ class CampaignDetector:
             + members * _BYTES_PER_MEMBER
             + len(self._groups) * _BYTES_PER_GROUP
             + len(self._band_parent) * _BYTES_PER_FAMILY
+            + sum(len(g.lifetimes) for g in self._groups.values()) * _BYTES_PER_LIFETIME
             # the hash ring is allocated up front: hash, tag, ts arrays and a key reference each
             + self._hh.nbytes + self._htag.nbytes + self._hts.nbytes + self._hmatched.nbytes
             + 8 * len(self._hkey),

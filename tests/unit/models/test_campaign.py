@@ -586,3 +586,12 @@ def test_short_lifetimes_count_only_while_new_keys_replace_them():
     assert len(g.lifetimes) == 3  # they ended after short lives, but nothing replaced them
     # the same group with a new implicated key arriving is rotation
     assert firing(run(CampaignDetector(CampaignConfig(warmup=600.0)), _finished_jobs(True)), "client_net")
+
+
+def test_state_bytes_count_the_lifetime_entries():
+    det = CampaignDetector(CampaignConfig(warmup=600.0))
+    run(det, _finished_jobs(False))
+    g = det._groups[("client_net", "192.0.2.0/24")]
+    before = det.stats()["state_bytes"]
+    g.lifetimes = []
+    assert before - det.stats()["state_bytes"] == 3 * 100
