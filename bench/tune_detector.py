@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "hard_negative_fp": res["hard_negative_fp"],
             "fpr": round(res["fpr"], 4),
             "ttd_median_s": None if res["ttd_median"] is None else round(res["ttd_median"]),
+            "ttd_p90_s": round(sorted(res["ttd"])[int(0.9 * (len(res["ttd"]) - 1))]) if res["ttd"] else None,
             "ttd_max_s": None if res["ttd_max"] is None else round(res["ttd_max"]),
             "campaign_keys_caught": sum(r["alerted"] for p, r in res["rows"].items() if p.startswith("campaign")),
             "missed": sorted(
