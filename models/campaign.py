@@ -1274,7 +1274,7 @@ class CampaignDetector:
         # count toward the implicated share of a narrow group; broad groups count only the
         # implicated (their customers are unrelated)
         n_assoc = 0 if etype in _BROAD else len(self._associated(etype, implicated, candidates))
-        score, reasons, window = self._score(gk, g, now, active, implicated, confirmed, n_assoc)
+        score, reasons, window = self._score(gk, g, now, active, implicated, confirmed, n_assoc, candidates)
         if verdict == "false_positive":
             if g.open:
                 g.bar = max(g.bar, cfg.fp_raise, min(0.98, score + 0.1) - cfg.open_score)
@@ -1325,6 +1325,7 @@ class CampaignDetector:
         implicated: list[tuple[float, str, _Key]],
         confirmed: bool,
         n_assoc: int = 0,
+        candidates: list[tuple[float, str, _Key]] | None = None,
     ) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
         cfg = self.config
         etype, entity = gk
@@ -1360,9 +1361,11 @@ class CampaignDetector:
         new_share = new_keys / n_imp
         life_med = _median([t for _, t in g.lifetimes]) if len(g.lifetimes) >= 3 else None
         short_life = 1.0 if life_med is not None and life_med < cfg.short_lifetime else 0.0
-        if warm and new_keys == 0:
+        if warm and new_keys == 0 and not any(k.first_ts >= horizon for _, _, k in candidates or ()):
             # rotation is keys that end *and are replaced*: implicated keys that ended after a
-            # short life while no new implicated key arrives are jobs that finished
+            # short life while no new key at all suspicious (>= assoc_floor) arrives are jobs
+            # that finished. A replacement need not be implicated yet: a fresh key shows few
+            # requests, so its suspicion is still low
             short_life = 0.0
         cots = [k.cot for _, _, k in implicated if k.cot is not None]
         cot_mean = sum(cots) / len(cots) if cots else None

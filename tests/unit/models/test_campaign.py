@@ -562,7 +562,7 @@ def test_keys_that_never_harvest_are_not_implicated():
     assert firing(run(off, campaign_snaps(6, net, feats=batch)))
 
 
-def _finished_jobs(with_replacement):
+def _finished_jobs(with_replacement, replacement_feats=SCRAPER):
     """Six implicated keys behind one /24, none new after warm-up; three of them finish after
     half an hour and never come back. Optionally a new implicated key arrives afterwards."""
     net = {"client_net": "192.0.2.0/24"}
@@ -574,7 +574,8 @@ def _finished_jobs(with_replacement):
         for i in range(3):
             out.append(snap(f"old{i}", T0 + 700.0 + i * 10.0 + r * 600.0, SCRAPER, net, first_ts=T0 + 60.0))
     if with_replacement:
-        out += [snap("fresh", T0 + 6000.0 + r * 600.0, SCRAPER, net, first_ts=T0 + 5900.0) for r in range(6)]
+        out += [snap("fresh", T0 + 6000.0 + r * 600.0, replacement_feats, net, first_ts=T0 + 5900.0)
+                for r in range(6)]
     out.sort(key=lambda s: s["ts"])
     return out
 
@@ -586,6 +587,12 @@ def test_short_lifetimes_count_only_while_new_keys_replace_them():
     assert len(g.lifetimes) == 3  # they ended after short lives, but nothing replaced them
     # the same group with a new implicated key arriving is rotation
     assert firing(run(CampaignDetector(CampaignConfig(warmup=600.0)), _finished_jobs(True)), "client_net")
+    # so is a replacement not implicated yet (a fresh key has few requests): suspicious enough
+    # to be named by association, below the member threshold
+    young = dict(SCRAPER, cot_share=0.15, output_ratio=0.1, single_turn_share=0.6)
+    assert 0.2 <= member_suspicion(0.25, young) < 0.5
+    det = CampaignDetector(CampaignConfig(warmup=600.0))
+    assert firing(run(det, _finished_jobs(True, young)), "client_net")
 
 
 def test_state_bytes_count_the_lifetime_entries():
