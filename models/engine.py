@@ -80,7 +80,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.3"
+MODEL_VERSION = "key-0.4"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -101,13 +101,17 @@ class DetectorConfig:
         Event-count EW rate of the per-key shares (1/32: about the last 32 events).
     prior_weight
         Pseudo-count of the population prior the content shares are shrunk toward.
-    fast_alpha, fast_weight, fast_z, fast_shares
+    fast_alpha, fast_weight, fast_z, fast_shares, fast_ratio
         Short-horizon shares: an EW(``fast_alpha``) share of harvest requests (about the
         last 5) raises the long share by ``fast_weight`` times its rise beyond ``fast_z``
         binomial standard deviations of the fast window around the long share (upward only;
         a drift into harvesting shows within a few requests, a key that always harvested
         half the time does not gain from its wandering). With ``fast_shares`` the cot_request
         and single-turn shares get the same short window.
+        With ``fast_ratio``, a key whose harvest short window rose and whose own slow score
+        baseline is below ``threshold_floor - resolve_margin`` (its history was benign) has its
+        answer/prompt ratio raised toward the short-window mean, in proportion to its extraction
+        evidence (:func:`models.features._fast_ratio`).
     dup_bits, template_bits
         SimHash Hamming distance for a near-duplicate / a same-template prompt.
     bloom_rotate
@@ -170,6 +174,7 @@ class DetectorConfig:
     fast_weight: float = 1.0
     fast_z: float = 1.5
     fast_shares: bool = True
+    fast_ratio: bool = True
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
@@ -375,7 +380,7 @@ class DetectionCore:
         ks.evals += 1
         pop = self.population
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha, cfg.fast_z,
-                                  cfg.fast_shares)
+                                  cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks))
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation, cfg.unknown_relief)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
@@ -459,6 +464,11 @@ class DetectionCore:
             elif ts - f[F.F_BELOW_SINCE] >= cfg.resolve_after and verdict != "confirmed":
                 out.append(self._resolve(k, ks, ts, vec, contrib))
 
+    def _benign_base(self, ks: KeyState) -> bool:
+        """The key's own slow score baseline is clearly below the line (or it has none yet)."""
+        cfg = self.config
+        return ks.evals <= 1 or ks.f[F.F_BASE] < cfg.threshold_floor - cfg.resolve_margin
+
     def _threshold(self, ks: KeyState, ts: float, s_dir: float) -> float:
         cfg = self.config
         f = ks.f
@@ -497,7 +507,8 @@ class DetectionCore:
         if vec is None:
             pop = self.population
             vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight, self.config.fast_weight,
-                                     self.config.fast_alpha, self.config.fast_z, self.config.fast_shares)
+                                     self.config.fast_alpha, self.config.fast_z, self.config.fast_shares,
+                                     self.config.fast_ratio, self._benign_base(ks))
             _, contrib = scrape_score(
                 vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation,
                 self.config.unknown_relief,

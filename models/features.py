@@ -94,7 +94,8 @@ F_CFAST_W = 56  # the same short horizon for cot_request ...
 F_CFAST_S = 57
 F_SFAST_W = 58  # ... and for single-turn requests
 F_SFAST_S = 59
-NF = 60
+F_RFAST = 60  # EW mean of log(completion/prompt) over the short horizon (answered requests)
+NF = 61
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
@@ -224,9 +225,11 @@ def apply_event(
             f[F_RATIO] = lr
             f[F_PLOG] = lp
             f[F_CLOG] = lc
+            f[F_RFAST] = lr
         else:
             a = 1.0 / (n_ok + 1.0) if n_ok * alpha < 1.0 else alpha
             f[F_RATIO] += a * (lr - f[F_RATIO])
+            f[F_RFAST] += fast_alpha * (lr - f[F_RFAST])
             f[F_PLOG] += a * (lp - f[F_PLOG])
             f[F_CLOG] += a * (lc - f[F_CLOG])
         if n_ok < 1000.0:
@@ -383,6 +386,7 @@ _MIN_W = 3.0
 def direction_features(
     ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0, fast_weight: float = 0.0,
     fast_alpha: float = 0.125, fast_z: float = 0.0, fast_shares: bool = False,
+    fast_ratio: bool = False, benign_base: bool = True,
 ) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
@@ -395,6 +399,10 @@ def direction_features(
     shares of a key with little evidence are shrunk toward the population (empirical Bayes:
     ``(w * share + m * prior) / (w + m)``): five requests that happen to look like harvesting
     are weak evidence; five hundred are not.
+
+    With ``fast_ratio``, a key whose own history was benign (``benign_base``) and whose harvest
+    share rose beyond noise in the short window also has its answer/prompt ratio judged on its
+    recent requests, in proportion to its extraction evidence (see :func:`_fast_ratio`).
     """
     f = ks.f
     cot = f[F_COT_S] / f[F_COT_W] if f[F_COT_W] >= _MIN_W else _NAN
@@ -443,6 +451,8 @@ def direction_features(
         if fast_shares:
             cot = _fast_rise(cot, f[F_CFAST_S], f[F_CFAST_W], fast_weight, fast_alpha, fast_z)
             single = _fast_rise(single, f[F_SFAST_S], f[F_SFAST_W], fast_weight, fast_alpha, fast_z)
+        if fast_ratio and benign_base and ratio_t == ratio_t and harv == harv and harv > f[F_HARV_S] / f[F_HARV_W]:
+            ratio_t = _fast_ratio(ratio_t, f[F_RATIO], f[F_RFAST], fast_weight, samp, temp_t)
     batch = f[F_BATCH_S] / f[F_STREAM_W] if f[F_STREAM_W] >= _MIN_W else _NAN
     vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t, batch]
     if prior is not None and prior_weight > 0.0:
@@ -455,6 +465,39 @@ def direction_features(
             if v == v:
                 vec[i] = (n * v + m * prior[i]) / (n + m)
     return vec
+
+
+#: Weights of the score's extraction tells (models.policy.EXTRACTION: sampling, temperature).
+_EXTRACTION_W = (0.9, 0.9)
+
+
+def _fast_ratio(ratio_t: float, long: float, fast: float, weight: float, samp: float, temp_t: float) -> float:
+    """The output_ratio feature raised toward the short-horizon mean of log(completion/prompt).
+
+    Called only once the key's harvest short window rose beyond noise (its recent requests
+    differ from its history) and its own history was benign: a coding agent or chat app turned
+    harvester keeps a long-run ratio << 1 for tens of requests, while its new requests are long
+    answers to short prompts. The rise counts in proportion to the key's extraction evidence
+    (noisy-OR of sampling options and temperature spread, as in the score): a reasoning app's
+    bursts of long answers come without sampling options and gain nothing, a harvester that
+    samples or sweeps temperatures gains it all.
+
+    Examples
+    --------
+    >>> round(_fast_ratio(0.0, -1.0, 2.0, 1.0, 1.0, 0.0), 2)  # logprobs on: 0.9 of the rise
+    0.72
+    >>> _fast_ratio(0.0, -1.0, 2.0, 1.0, 0.0, 0.0)  # no extraction tell: unchanged
+    0.0
+    """
+    rise = fast - long
+    if rise <= 0.0:
+        return ratio_t
+    fr = (long + weight * rise) / 2.5
+    fr = 1.0 if fr > 1.0 else fr
+    if fr <= ratio_t:
+        return ratio_t
+    ext = 1.0 - (1.0 - _EXTRACTION_W[0] * samp) * (1.0 - _EXTRACTION_W[1] * temp_t)
+    return ratio_t + ext * (fr - ratio_t)
 
 
 def _fast_rise(long: float, s: float, w: float, weight: float, alpha: float, z: float) -> float:

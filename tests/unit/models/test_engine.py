@@ -411,6 +411,35 @@ def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
     assert direction_features(harvester, 0.0, fast_weight=1.0)[h] == direction_features(harvester, 0.0)[h]
 
 
+def test_short_ratio_window_needs_a_harvest_rise_a_benign_history_and_extraction():
+    from models.features import FEATURES, apply_event, direction_features
+    from models.keymodel import KeyState
+    from models.policy import EXTRACTION
+    from models import features as Fm
+
+    def ev(i, harvest, logprobs):
+        # a coding agent (huge contexts, short answers) that turns into a harvester
+        return {"event_id": str(i), "ts": T0 + 10.0 * i, "api_key": "k", "status": 200,
+                "prompt_tokens": 60 if harvest else 6000, "completion_tokens": 900 if harvest else 200,
+                "topic": "math" if harvest else "code", "logprobs": logprobs, "temperature": 0.7}
+
+    r = FEATURES.index("output_ratio")
+    sampler, plain = KeyState(), KeyState()
+    for i in range(200):
+        apply_event(sampler, ev(i, i >= 194, True), 1 / 32, 0, 20, 96, 0.2)
+        apply_event(plain, ev(i, i >= 194, False), 1 / 32, 0, 20, 96, 0.2)
+    kw = dict(fast_weight=1.0, fast_alpha=0.2, fast_z=1.5)
+    before = direction_features(sampler, 0.0, **kw)[r]
+    raised = direction_features(sampler, 0.0, fast_ratio=True, **kw)[r]
+    assert before == 0.0 and raised > 0.3  # six harvests: the recent answers are long
+    # no extraction tell (no logprobs, one temperature): the long-run ratio stands
+    assert direction_features(plain, 0.0, fast_ratio=True, **kw)[r] == direction_features(plain, 0.0, **kw)[r]
+    # a key whose own history was already near the line gains nothing from its bursts
+    assert direction_features(sampler, 0.0, fast_ratio=True, benign_base=False, **kw)[r] == before
+    # the extraction weights are the score's
+    assert Fm._EXTRACTION_W == tuple(w for _, w in EXTRACTION)
+
+
 def test_fast_window_config_is_validated():
     with pytest.raises(ValueError, match="fast_alpha"):
         DetectorConfig(fast_alpha=0.01)
