@@ -259,8 +259,9 @@ class CampaignConfig:
         every key looks new).
     short_lifetime
         Keys that ended after living less than this many seconds count as short-lived. Short
-        lives are rotation only while new implicated keys arrive (keys that end *and are
-        replaced*); a key that sends again after a pause withdraws its lifetime.
+        lives are rotation only while new keys arrive that are implicated or at least
+        ``assoc_floor`` suspicious (keys that end *and are replaced*); a key that sends again
+        after a pause withdraws its lifetime.
     type_weights
         Multiplier of the group score per grouping type (user agents are weak evidence).
     fp_raise
@@ -902,7 +903,7 @@ class CampaignDetector:
             raise ValueError(f"campaign state is not valid JSON ({exc})") from None
         if type(obj) is not dict or obj.get("version") not in _READABLE_STATE_VERSIONS:
             raise ValueError(
-                f"campaign state version is not {CAMPAIGN_STATE_VERSION}: "
+                f"campaign state version is not one of {_READABLE_STATE_VERSIONS}: "
                 "discard it and let the detector rebuild from traffic"
             )
         try:
