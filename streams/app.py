@@ -98,6 +98,14 @@ def _credentials(settings: Settings) -> dict[str, Any]:
     return {"broker_credentials": faust.SSLCredentials(ssl_context)}
 
 
+def _exit_for_restart(msg: str, *args: Any) -> None:
+    """Log ``msg`` as critical and exit 75 at once, without Faust's shutdown (which would ack
+    and could commit offsets whose alerts or state never reached the broker)."""
+    log.critical(msg, *args)
+    logging.shutdown()
+    os._exit(75)
+
+
 def faust_app_options(s: Settings, partitions: int) -> dict[str, Any]:
     """Keyword arguments of the worker's :class:`faust.App` (also used by the benchmark's
     Faust-only probe, so that it measures the very same consumer configuration)."""
@@ -282,11 +290,9 @@ class Worker:
                 # ack the batch on the way out and could commit offsets whose alerts or state
                 # never reached the broker; exiting at once keeps at-least-once: a restart
                 # re-reads from the last committed offset.
-                log.critical("batch of %d events failed (%r): exiting without committing so "
-                             "that a restart re-reads them; restart the worker (a supervisor "
-                             "such as systemd does it by itself)", len(events), exc)
-                logging.shutdown()
-                os._exit(75)
+                _exit_for_restart("batch of %d events failed (%r): exiting without committing "
+                                  "so that a restart re-reads them; restart the worker (a "
+                                  "supervisor such as systemd does it by itself)", len(events), exc)
 
     async def _handle_batch(self, events: list[Any]) -> None:
         m = self.metrics
@@ -393,10 +399,9 @@ class Worker:
         except Exception as exc:  # noqa: BLE001
             # state writes or the flush failed after the producer's own retries: committing
             # later could skip events whose state never reached the broker
-            log.critical("writing state / committing offsets failed (%r): exiting without "
-                         "committing so that a restart re-reads the uncommitted events", exc)
-            logging.shutdown()
-            os._exit(75)
+            _exit_for_restart("writing state / committing offsets failed (%r): exiting "
+                              "without committing so that a restart re-reads the uncommitted "
+                              "events", exc)
 
     async def _commit_pending(self) -> None:
         """Commit the input offsets of finished batches, after everything they sent is acked.
