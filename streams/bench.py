@@ -557,7 +557,7 @@ def raw_consume(settings: Any, topic: str, n: int, batch: int = 1000, *,
             "seconds": t_end - t_first}
 
 
-def faust_noop_child(n: int) -> dict[str, Any]:
+def faust_noop_child(n: int) -> None:
     """Child process of :func:`faust_ceiling`: the worker's Faust app without the work.
 
     The app is built with the worker's own :func:`streams.app.faust_app_options` (broker, fetch
@@ -592,7 +592,6 @@ def faust_noop_child(n: int) -> dict[str, Any]:
     app.agent(topic, name="noop")(noop)
     faust.Worker(app, loglevel="warning", quiet=True, override_logging=False
                  ).execute_from_commandline()
-    return {}
 
 
 def faust_ceiling(bootstrap: str, prefix: str, tag: str, topic: str, n: int, partitions: int,
