@@ -281,10 +281,10 @@ class CampaignRunner:
     single-partition snapshot topic), so its groups span the whole key space.
     """
 
-    def __init__(self, feedback: Any = None) -> None:
+    def __init__(self, feedback: Any = None, config: Any = None) -> None:
         from models.campaign import CampaignDetector
 
-        self.detector = CampaignDetector(feedback=feedback)
+        self.detector = CampaignDetector(config, feedback=feedback)
         self._clock = EventTimeClock()
 
     def observe(self, snapshots: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
