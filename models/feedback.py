@@ -21,7 +21,8 @@ file does not rewrite history before the analyst spoke.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
 

@@ -412,10 +412,10 @@ def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
 
 
 def test_short_ratio_window_needs_a_harvest_rise_a_benign_history_and_extraction():
+    from models import features as Fm
     from models.features import FEATURES, apply_event, direction_features
     from models.keymodel import KeyState
     from models.policy import EXTRACTION
-    from models import features as Fm
 
     def ev(i, harvest, logprobs):
         # a coding agent (huge contexts, short answers) that turns into a harvester
