@@ -166,6 +166,9 @@ class Worker:
         self._last_totals: dict[str, int] = {}
         self._pending_commit: dict[Any, int] = {}
         self._unwritten: set[int] = set()   # partitions whose state changed since the last write
+        # Held for a whole batch, and by the commit timer and the revoke handler: a batch's core
+        # changes must not be written (timer) or dropped (revoke) while its alerts are in flight
+        self._batch_lock = asyncio.Lock()
         self._last_commit = 0.0
         self.metrics.set_build_info(model_version=MODEL_VERSION)
         self.app = self._build_app()
@@ -209,17 +212,19 @@ class Worker:
 
     async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **kwargs: Any) -> None:
         self.metrics.rebalances.inc()
-        try:   # hand over what is done; a failed commit only means re-reading (deduplicated)
-            await self._commit_pending()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("commit before rebalance failed (%r); the next owner re-reads those "
-                        "events and skips what the key state already holds", exc)
-        for tp in revoked:
-            if tp.topic == self.settings.events_topic:
-                self.detector.drop(tp.partition)
-                self._loaded_shared.discard(tp.partition)
-                self._shared_written.pop(tp.partition, None)
-                self._evicted_seen.pop(tp.partition, None)
+        async with self._batch_lock:   # after the batch in flight, if any, has finished
+            try:   # hand over what is done; a failed commit only means re-reading (deduplicated)
+                await self._commit_pending()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("commit before rebalance failed (%r); the next owner re-reads those "
+                            "events and skips what the key state already holds", exc)
+            for tp in revoked:
+                self._pending_commit.pop(tp, None)   # the next owner commits from here
+                if tp.topic == self.settings.events_topic:
+                    self.detector.drop(tp.partition)
+                    self._loaded_shared.discard(tp.partition)
+                    self._shared_written.pop(tp.partition, None)
+                    self._evicted_seen.pop(tp.partition, None)
 
     async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **kwargs: Any) -> None:
         n = sum(1 for tp in assigned if tp.topic == self.settings.events_topic)
@@ -282,7 +287,8 @@ class Worker:
         s = self.settings
         async for events in stream.take_events(s.batch_max, within=s.batch_within):
             try:
-                await self._handle_batch(events)
+                async with self._batch_lock:
+                    await self._handle_batch(events)
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise   # shutdown or rebalance: Faust handles it
@@ -395,7 +401,8 @@ class Worker:
 
     async def _commit_timer(self) -> None:
         try:
-            await self._commit_pending()
+            async with self._batch_lock:   # never between a batch's detection and its sends
+                await self._commit_pending()
         except Exception as exc:  # noqa: BLE001
             # state writes or the flush failed after the producer's own retries: committing
             # later could skip events whose state never reached the broker
@@ -420,7 +427,24 @@ class Worker:
         self._write_state(touched)
         await self.app.producer.flush()
         # Faust's own commit path minus its ack bookkeeping (acks are off for these topics)
-        await self.app.consumer._commit(offsets)
+        consumer = self.app.consumer
+        ok = await consumer._commit(offsets)
+        self._retry_later(offsets, ok, consumer.assignment())
+
+    def _retry_later(self, offsets: dict[Any, int], ok: bool, owned: Iterable[Any]) -> None:
+        """Put back the offsets a commit did not take, for the next commit to retry.
+
+        Faust's commit returns False during a rebalance ("already rebalanced") and silently
+        skips partitions that are not in the assignment at that moment. Dropping them would
+        leave a partition whose last events have been processed uncommitted for good (nothing
+        new arrives to commit past them). Partitions that are really taken away are removed
+        by :meth:`_on_revoked`, so a stale offset never rewinds another owner's progress.
+        """
+        owned = set(owned)
+        pending = self._pending_commit
+        for tp, off in offsets.items():
+            if (not ok or tp not in owned) and off > pending.get(tp, -1):
+                pending[tp] = off
 
     async def _send_alerts(self, alerts: list[dict[str, Any]]) -> list[Any]:
         out = []

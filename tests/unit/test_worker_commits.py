@@ -1,0 +1,111 @@
+"""The worker's commits: timing against batches in flight, and offsets a commit did not take.
+
+The commit timer and the revoke handler wait for the batch in flight.
+
+A batch changes the detection cores first and then awaits its alert sends. State written by
+the commit timer in between would let a crash skip events whose alerts never left (state ahead
+of alerts); cores dropped by a rebalance in between would lose the batch's changes while its
+offsets still commit. Both must run only between batches. No broker is needed: the Faust app is
+built but never started, and the batch and the commit are stand-ins that record their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from streams.app import Worker
+from streams.settings import load_settings
+
+
+class _Stream:
+    def __init__(self, batches):
+        self.batches = batches
+
+    async def take_events(self, n, within):
+        for b in self.batches:
+            yield b
+
+
+def _worker(tmp_path, order):
+    w = Worker(load_settings({"MOATWATCH_DATA_DIR": str(tmp_path / "data")}), 2)
+
+    async def slow_batch(events):
+        order.append("batch start")
+        await asyncio.sleep(0.05)   # the alert sends of a real batch
+        order.append("batch end")
+
+    async def commit():
+        order.append("commit")
+
+    w._handle_batch = slow_batch
+    w._commit_pending = commit
+    w.detector.drop = lambda partition: order.append(f"drop {partition}")
+    return w
+
+
+def test_commit_timer_waits_for_the_batch_in_flight(tmp_path):
+    order: list[str] = []
+    w = _worker(tmp_path, order)
+
+    async def main():
+        agent = asyncio.create_task(w._detect_agent(_Stream([["e1"]])))
+        await asyncio.sleep(0.01)   # the batch is awaiting its sends
+        await w._commit_timer()
+        await agent
+
+    asyncio.run(main())
+    assert order == ["batch start", "batch end", "commit"]
+
+
+def test_revoke_waits_for_the_batch_in_flight(tmp_path):
+    order: list[str] = []
+    w = _worker(tmp_path, order)
+    tp = SimpleNamespace(topic=w.settings.events_topic, partition=1)
+
+    async def main():
+        agent = asyncio.create_task(w._detect_agent(_Stream([["e1"]])))
+        await asyncio.sleep(0.01)
+        await w._on_revoked(None, [tp])
+        await agent
+
+    asyncio.run(main())
+    assert order == ["batch start", "batch end", "commit", "drop 1"]
+
+
+def _tp(topic, partition):
+    from faust.types import TP
+
+    return TP(topic, partition)
+
+
+def test_offsets_a_commit_did_not_take_are_retried(tmp_path):
+    w = _worker(tmp_path, [])
+    t = w.settings.events_topic
+    p0, p1 = _tp(t, 0), _tp(t, 1)
+    # a commit refused during a rebalance: everything comes back
+    w._retry_later({p0: 10, p1: 20}, False, {p0, p1})
+    assert w._pending_commit == {p0: 10, p1: 20}
+    # a later batch's higher offset wins over the returned one
+    w._pending_commit = {p0: 15}
+    w._retry_later({p0: 10, p1: 20}, False, {p0, p1})
+    assert w._pending_commit == {p0: 15, p1: 20}
+    # accepted, but partition 1 was not in the assignment at that moment: only it comes back
+    w._pending_commit = {}
+    w._retry_later({p0: 10, p1: 20}, True, {p0})
+    assert w._pending_commit == {p1: 20}
+    # accepted for every owned partition: nothing to retry
+    w._pending_commit = {}
+    w._retry_later({p0: 10, p1: 20}, True, {p0, p1})
+    assert w._pending_commit == {}
+
+
+def test_revoked_partitions_leave_no_offset_to_retry(tmp_path):
+    order: list[str] = []
+    w = _worker(tmp_path, order)
+    t = w.settings.events_topic
+    p0, p1 = _tp(t, 0), _tp(t, 1)
+    w._pending_commit = {p0: 10, p1: 20}   # as if the commit before the hand-over failed
+    asyncio.run(w._on_revoked(None, [p1]))
+    assert w._pending_commit == {p0: 10}   # the new owner of partition 1 commits from its own reads
+    assert order == ["commit", "drop 1"]
