@@ -424,8 +424,12 @@ class Worker:
         # the state of everything these offsets cover, then a flush: state is durable before
         # the offsets that let a restart skip its events
         touched, self._unwritten = self._unwritten, set()
-        self._write_state(touched)
+        sent = self._write_state(touched)
         await self.app.producer.flush()
+        # Faust's flush gives up on its send buffer after 0.1 s without progress, so it does
+        # not prove the state is on the broker: each record's own ack does
+        for fut in sent:
+            await fut
         # Faust's own commit path minus its ack bookkeeping (acks are off for these topics)
         consumer = self.app.consumer
         ok = await consumer._commit(offsets)
@@ -456,8 +460,11 @@ class Worker:
                                                     value=encode_alert(a)))
         return out
 
-    def _write_state(self, partitions: Iterable[int]) -> None:
+    def _write_state(self, partitions: Iterable[int]) -> list[Any]:
+        """Queue the changed state of ``partitions``; returns the sends' futures (acked when
+        the broker has the record)."""
         table = self.key_state
+        sent: list[Any] = []
         data = table.data
         for part in partitions:
             core = self.detector.cores.get(part)
@@ -468,10 +475,10 @@ class Worker:
                 blob = core.export_key(key)
                 if blob is None:   # evicted: tombstone, so the changelog compacts it away
                     data.pop(kb, None)
-                    table.send_changelog(part, kb, None, value_serializer="raw")
+                    sent.append(table.send_changelog(part, kb, None, value_serializer="raw"))
                 else:
                     data[kb] = blob
-                    table.send_changelog(part, kb, blob)
+                    sent.append(table.send_changelog(part, kb, blob))
             core.clear_dirty()
             if core.evicted_total != self._evicted_seen.get(part, core.evicted_total):
                 # evicted keys are gone from the core; tombstone them so neither a restart nor
@@ -480,13 +487,14 @@ class Worker:
                 for kb in self._partition_keys(part):
                     if not core.has_key(kb.decode("utf-8", "replace")):
                         data.pop(kb, None)
-                        table.send_changelog(part, kb, None, value_serializer="raw")
+                        sent.append(table.send_changelog(part, kb, None, value_serializer="raw"))
             shared = _pack_shared(self.detector.clock_of(part), core.export_shared())
             if shared != self._shared_written.get(part):
                 sk = _SHARED_KEY % part
                 self.partition_state.data[sk] = shared
-                self.partition_state.send_changelog(part, sk, shared)
+                sent.append(self.partition_state.send_changelog(part, sk, shared))
                 self._shared_written[part] = shared
+        return sent
 
     async def _campaign_agent(self, stream: Any) -> None:
         async for values in stream.take(self.settings.batch_max, within=self.settings.batch_within):

@@ -109,3 +109,41 @@ def test_revoked_partitions_leave_no_offset_to_retry(tmp_path):
     asyncio.run(w._on_revoked(None, [p1]))
     assert w._pending_commit == {p0: 10}   # the new owner of partition 1 commits from its own reads
     assert order == ["commit", "drop 1"]
+
+
+def test_offsets_commit_only_after_every_state_record_is_acked(tmp_path):
+    """Faust's producer flush can return with records still in its send buffer; the commit must
+    wait for each state record's own ack, or a crash leaves state behind committed offsets."""
+    w = Worker(load_settings({"MOATWATCH_DATA_DIR": str(tmp_path / "data")}), 2)
+    order: list[str] = []
+    tp = _tp(w.settings.events_topic, 0)
+
+    class Producer:
+        async def flush(self):
+            order.append("flush returned")   # as when the buffer wait times out
+
+    class Consumer:
+        async def _commit(self, offsets):
+            order.append("commit")
+            return True
+
+        def assignment(self):
+            return {tp}
+
+    w.app.producer, w.app.consumer = Producer(), Consumer()
+
+    async def main():
+        ack = asyncio.get_running_loop().create_future()
+        w._write_state = lambda partitions: [ack]
+
+        async def broker():
+            await asyncio.sleep(0.05)
+            order.append("state acked")
+            ack.set_result(None)
+
+        w._pending_commit = {tp: 10}
+        w._unwritten = {0}
+        await asyncio.gather(w._commit_pending(), broker())
+
+    asyncio.run(main())
+    assert order == ["flush returned", "state acked", "commit"]
