@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -44,11 +43,11 @@ def _events_path(sim_dir: Path, seed: int) -> Path | None:
 
 
 def generate(sim_dir: Path, seed: int, hours: float) -> None:
-    """Simulate one seed with the project's own command (a progress bar on a terminal)."""
+    """Simulate one seed as ``moatwatch simulate`` does (a progress bar on a terminal)."""
+    from streams.simulator import simulate
+
     sim_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "streams.cli", "simulate", "--hours", str(hours), "--seed", str(seed),
-           "--out", str(sim_dir / f"seed{seed}.jsonl"), "--truth", str(sim_dir / f"seed{seed}.truth.json")]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    simulate(hours, seed, str(sim_dir / f"seed{seed}.jsonl"), str(sim_dir / f"seed{seed}.truth.json"))
 
 
 def run_seed(sim_dir: str, seed: int, out_dir: str) -> dict[str, Any]:
