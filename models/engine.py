@@ -80,7 +80,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.4"
+MODEL_VERSION = "key-0.5"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -157,7 +157,7 @@ class DetectorConfig:
     Examples
     --------
     >>> DetectorConfig().warmup_events
-    4
+    3
     >>> DetectorConfig(share_alpha=2.0)
     Traceback (most recent call last):
     ...
@@ -166,7 +166,7 @@ class DetectorConfig:
 
     eval_every_events: int = 16
     eval_every_seconds: float = 30.0
-    warmup_events: int = 4
+    warmup_events: int = 3
     warmup_seconds: float = 60.0
     share_alpha: float = 1.0 / 32.0
     prior_weight: float = 3.0

@@ -47,6 +47,8 @@ from typing import Any
 
 import orjson
 
+from models.engine import DetectorConfig
+
 __all__ = ["SIZES", "BenchSizes", "naive_peer", "run_bench", "latency_stream", "targets"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -773,7 +775,9 @@ def attack_event(phase: int, j: int, i: int) -> dict[str, Any]:
             "temperature": (0.2, 0.7, 1.0)[i % 3]}
 
 
-WARM_EVENTS = 3
+#: History each latency attack key gets before its measured events: one event short of the
+#: detector's warm-up, so no key can fire before the measured phase.
+WARM_EVENTS = DetectorConfig().warmup_events - 1
 
 
 def latency_stream(background: list[dict[str, Any]], phase: int, n_total: int, n_keys: int,
