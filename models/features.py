@@ -447,13 +447,14 @@ def direction_features(
     thr = min(f[F_429] * 4.0, 1.0)
     rate_t = math.log1p(events_per_hour(ks)) - pop_log_rate
     rate_t = min(max(rate_t / 3.0, 0.0), 1.0)  # 1 at ~20x the population's typical rate
-    harv = f[F_HARV_S] / f[F_HARV_W] if f[F_HARV_W] >= _MIN_W else _NAN
+    harv_long = f[F_HARV_S] / f[F_HARV_W] if f[F_HARV_W] >= _MIN_W else _NAN
+    harv = harv_long
     if fast_weight > 0.0:
-        harv = _fast_rise(harv, f[F_HFAST_S], f[F_HFAST_W], fast_weight, fast_alpha, fast_z)
+        harv = _fast_rise(harv_long, f[F_HFAST_S], f[F_HFAST_W], fast_weight, fast_alpha, fast_z)
         if fast_shares:
             cot = _fast_rise(cot, f[F_CFAST_S], f[F_CFAST_W], fast_weight, fast_alpha, fast_z)
             single = _fast_rise(single, f[F_SFAST_S], f[F_SFAST_W], fast_weight, fast_alpha, fast_z)
-        if fast_ratio and benign_base and ratio_t == ratio_t and harv == harv and harv > f[F_HARV_S] / f[F_HARV_W]:
+        if fast_ratio and benign_base and ratio_t == ratio_t and harv > harv_long:
             ratio_t = _fast_ratio(ratio_t, f[F_RATIO], f[F_RFAST], fast_weight, samp, temp_t)
     batch = f[F_BATCH_S] / f[F_STREAM_W] if f[F_STREAM_W] >= _MIN_W else _NAN
     vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t, batch]
