@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-2"
+CAMPAIGN_MODEL_VERSION = "campaign-3"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -305,6 +305,12 @@ class CampaignConfig:
         family and each has member suspicion at least ``new_suspicion``: the first keys of a
         campaign, before a third one has matched. ``min_implicated_new`` >= ``min_implicated``
         switches it off.
+    min_implicated_alike
+        An account or network group (not a template family, not a broad group) may open with
+        only this many implicated keys when all of them run one tooling (each within
+        ``assoc_distance`` of the medoid profile) and churn or shared templates are actually
+        seen (before warm-up their absence does not count for these): an infrastructure
+        campaign's first rotation, two keys at a time. ``>= min_implicated`` switches it off.
     member_harvest
         A key counts as implicated only if at least this share of its requests are harvests
         (the engine's ``harvest_share``: a capability topic answered at >= 2.5x the prompt's
@@ -360,11 +366,13 @@ class CampaignConfig:
     broad_core: bool = True
     min_implicated_new: int = 2
     new_suspicion: float = 0.55
+    min_implicated_alike: int = 2
     member_harvest: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
-                     "max_family_keys", "hash_window", "template_min_matches", "min_implicated_new"):
+                     "max_family_keys", "hash_window", "template_min_matches", "min_implicated_new",
+                     "min_implicated_alike"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -1239,12 +1247,28 @@ class CampaignDetector:
                     cnts[i] += 1
         return tuple(sums[i] / cnts[i] if cnts[i] else math.nan for i in range(nf))
 
+    def _need(self, etype: str, implicated: list[tuple[float, str, _Key]]) -> int:
+        """Implicated members this group needs: ``min_implicated``, or ``min_implicated_alike``
+        in a narrow group whose implicated members all run one tooling (each within
+        ``assoc_distance`` of the medoid profile)."""
+        cfg = self.config
+        n = len(implicated)
+        if (etype in _BROAD or etype == "template" or cfg.min_implicated_alike >= cfg.min_implicated
+                or n < cfg.min_implicated_alike or n >= cfg.min_implicated):
+            return cfg.min_implicated
+        if len(self._core(implicated, cfg.assoc_distance)) == n:
+            return cfg.min_implicated_alike
+        return cfg.min_implicated
+
     def _associated(
-        self, etype: str, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]]
+        self, etype: str, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]],
+        need: int | None = None,
     ) -> list[tuple[float, str, _Key]]:
         """Candidates whose profile matches the implicated members' centroid, and, in a template
         family, candidates whose own prompts repeatedly match other keys' prompts."""
-        if not candidates or len(implicated) < self.config.min_implicated:
+        if need is None:
+            need = self._need(etype, implicated)
+        if not candidates or len(implicated) < need:
             return []
         if etype == "template":
             cfg = self.config
@@ -1400,7 +1424,14 @@ class CampaignDetector:
             and sharing == n_imp
             and all(s >= cfg.new_suspicion for s, _, _ in implicated)
         )
-        enough = n_imp >= cfg.min_implicated or burst
+        # a pair (or more) running one tooling, with evidence across keys (churn or shared
+        # templates) actually seen, not merely unseen before warm-up
+        alike = (
+            n_imp < cfg.min_implicated
+            and (e_tmpl > 0 or e_churn > 0)
+            and self._need(etype, implicated) < cfg.min_implicated
+        )
+        enough = n_imp >= cfg.min_implicated or burst or alike
         gated = enough and share_lb >= cfg.min_share and joint
         if confirmed:
             score = max(raw, cfg.open_score)
