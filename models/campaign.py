@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-3"
+CAMPAIGN_MODEL_VERSION = "campaign-4"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -311,6 +311,18 @@ class CampaignConfig:
         ``assoc_distance`` of the medoid profile) and churn or shared templates are actually
         seen (before warm-up their absence does not count for these): an infrastructure
         campaign's first rotation, two keys at a time. ``>= min_implicated`` switches it off.
+        Implicated keys that send in synchronised minutes (below) count as one tooling too.
+    sync_p, sync_min_minutes, sync_min_overlap
+        Synchronised timing in an account or network group. Each snapshot carries the key's
+        active minutes of the last hour (a 64-bit mask). Two members are synchronised when they
+        were active in the same minutes more often than chance allows: the one-sided
+        hypergeometric p-value of their shared active minutes, over the >= ``sync_min_minutes``
+        minutes both were alive, is at most ``sync_p``, with at least ``sync_min_overlap``
+        shared minutes. An orchestrator that dispatches rounds to its keys shows this; keys of
+        independent users do not (two keys active in every minute share no information and
+        never pass). A member synchronised with an implicated key is named by association
+        whatever its own suspicion, and synchronised implicated keys are cross-key evidence.
+        ``sync_p`` 0 switches it off.
     member_harvest
         A key counts as implicated only if at least this share of its requests are harvests
         (the engine's ``harvest_share``: a capability topic answered at >= 2.5x the prompt's
@@ -367,12 +379,15 @@ class CampaignConfig:
     min_implicated_new: int = 2
     new_suspicion: float = 0.55
     min_implicated_alike: int = 2
+    sync_p: float = 1e-6
+    sync_min_minutes: int = 20
+    sync_min_overlap: int = 4
     member_harvest: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
                      "max_family_keys", "hash_window", "template_min_matches", "min_implicated_new",
-                     "min_implicated_alike"):
+                     "min_implicated_alike", "sync_min_minutes", "sync_min_overlap"):
             v = getattr(self, name)
             if type(v) is not int or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
@@ -399,7 +414,7 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
                      "assoc_floor", "assoc_distance", "template_min_share", "link_threshold",
-                     "new_suspicion", "member_harvest"):
+                     "new_suspicion", "member_harvest", "sync_p"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -429,7 +444,7 @@ class _Key:
 
     __slots__ = (
         "first_ts", "last_ts", "events", "score", "susp", "cot", "breadth", "doms", "fam", "xmatch",
-        "nhash", "partners", "ended", "vec", "harv",
+        "nhash", "partners", "ended", "vec", "harv", "amin", "amask",
     )
 
     def __init__(self, first_ts: float, last_ts: float) -> None:
@@ -450,6 +465,8 @@ class _Key:
         self.ended = False
         self.vec: tuple[float, ...] = ()
         self.harv: float | None = None  # share of the key's requests that harvest, if reported
+        self.amin = -1  # minute (epoch // 60) of the activity mask's bit 0; -1 = not reported
+        self.amask = 0  # active minutes of the last hour, bit i = minute amin - i
 
     def to_list(self) -> list[Any]:
         return [
@@ -468,6 +485,7 @@ class _Key:
             self.ended,
             list(self.vec),
             self.harv,
+            [self.amin, f"{self.amask:016x}"],
         ]
 
     @classmethod
@@ -488,6 +506,8 @@ class _Key:
         # NaN (a missing feature) is written as null by orjson
         k.vec = tuple(math.nan if x is None else float(x) for x in v[13])
         k.harv = None if len(v) < 15 or v[14] is None else float(v[14])  # absent in version 2
+        if len(v) > 15:  # absent before campaign-4 (same state version: an optional field)
+            k.amin, k.amask = int(v[15][0]), int(v[15][1], 16) & _MASK64
         return k
 
 
@@ -573,6 +593,11 @@ class _Group:
 
 #: Grouping types shared by many unrelated customers (a cloud ASN, an SDK's default user agent).
 _BROAD = ("asn", "user_agent")
+#: Groups whose members are compared for synchronised timing: one customer's own accounts and
+#: networks. A template family is already linked by content; broad groups hold unrelated
+#: customers, where chance coincidences grow with the member count.
+_TIMING = ("account", "client_net")
+_MASK64 = (1 << 64) - 1
 _SEV_RANK = {"info": 0, "warning": 1, "critical": 2}
 _MAX_LIFETIMES = 32
 _MAX_NAMED = 4096
@@ -581,6 +606,38 @@ _BYTES_PER_MEMBER = 120
 _BYTES_PER_GROUP = 600
 _BYTES_PER_FAMILY = 200
 _BYTES_PER_LIFETIME = 100  # (api_key, lifetime) of an ended implicated member, <= 32 per group
+
+
+def _activity(v: Any) -> tuple[int, int] | None:
+    """``(minute, mask)`` from a snapshot's ``activity`` (``{"minute": int, "mask": "16 hex"}``),
+    or None when it is missing or malformed."""
+    if not isinstance(v, Mapping):
+        return None
+    m, h = v.get("minute"), v.get("mask")
+    if type(m) is not int or m < 0 or type(h) is not str or not 0 < len(h) <= 16:
+        return None
+    try:
+        return m, int(h, 16)
+    except ValueError:
+        return None
+
+
+def _hyper_tail(n: int, a: int, b: int, c: int) -> float:
+    """P(X >= c) for X ~ Hypergeometric(population n, a marked, b drawn): the chance that two
+    keys, active in ``a`` and ``b`` of the same ``n`` minutes independently, share ``c`` or more.
+
+    >>> _hyper_tail(60, 15, 15, 15) < 1e-12   # every active minute shared
+    True
+    >>> round(_hyper_tail(60, 15, 15, 4), 2)  # about the 3.75 expected by chance
+    0.56
+    >>> _hyper_tail(60, 60, 15, 15)  # one key active every minute: sharing says nothing
+    1.0
+    """
+    total = math.comb(n, b)
+    tail = 0
+    for k in range(c, min(a, b) + 1):
+        tail += math.comb(a, k) * math.comb(n - a, b - k)
+    return tail / total
 
 
 def _wilson_lower(k: int, n: int, z: float = 1.645) -> float:
@@ -674,7 +731,7 @@ class CampaignDetector:
     ...                                      "math_share": 0.3, "single_turn_share": 1.0},
     ...                         "groups": {"client_net": "203.0.113.0/24"}})
     >>> [(a["entity_type"], a["status"], a["related_total"]) for a in out][:1]
-    [('client_net', 'firing', 3)]
+    [('client_net', 'firing', 2)]
     >>> det.stats()["open_episodes"]
     1
     """
@@ -760,6 +817,9 @@ class CampaignDetector:
         k.vec = _profile(features)
         harv = _pick(features, _FEATURE_ALIASES["harvest"])
         k.harv = None if harv is None else _clip01(harv)
+        act = _activity(snapshot.get("activity"))
+        if act is not None and act[0] >= k.amin:
+            k.amin, k.amask = act[0], act[1] & _MASK64
         gvals = _group_values(snapshot.get("groups"))
 
         alerts: list[dict[str, Any]] = []
@@ -1164,14 +1224,15 @@ class CampaignDetector:
 
     def _member_view(
         self, g: _Group, now: float, group_confirmed: bool
-    ) -> tuple[int, list[tuple[float, str, _Key]], list[tuple[float, str, _Key]]]:
-        """Active members (count), the implicated ones as (suspicion, key, state), and the
-        members suspicious enough to be named by association."""
+    ) -> tuple[int, list[tuple[float, str, _Key]], list[tuple[float, str, _Key]], list[tuple[float, str, _Key]]]:
+        """Active members (count), the implicated ones as (suspicion, key, state), the members
+        suspicious enough to be named by association, and the rest (not allowlisted)."""
         cfg = self.config
         fb = self.feedback
         active = 0
         implicated: list[tuple[float, str, _Key]] = []
         candidates: list[tuple[float, str, _Key]] = []
+        rest: list[tuple[float, str, _Key]] = []
         for m, t in g.members.items():
             if now - t > cfg.member_ttl:
                 continue
@@ -1192,7 +1253,67 @@ class CampaignDetector:
                 implicated.append((k.susp, m, k))
             elif k.susp >= cfg.assoc_floor:
                 candidates.append((k.susp, m, k))
-        return active, implicated, candidates
+            else:
+                rest.append((k.susp, m, k))
+        return active, implicated, candidates, rest
+
+    def _sync_p(self, a: _Key, b: _Key) -> tuple[float, int, int] | None:
+        """``(p, shared, minutes)``: how unlikely by chance the two keys' shared active minutes
+        are, over the minutes both were alive in the last hour; None when there is too little
+        to judge or they are plainly not synchronised."""
+        cfg = self.config
+        if a.amin < 0 or b.amin < 0:
+            return None
+        hi = min(a.amin, b.amin)
+        lo = max(max(a.amin, b.amin) - 63, int(a.first_ts // 60.0), int(b.first_ts // 60.0))
+        n = hi - lo + 1
+        if n < cfg.sync_min_minutes:
+            return None
+        win = (1 << n) - 1
+        x = (a.amask >> (a.amin - hi)) & win
+        y = (b.amask >> (b.amin - hi)) & win
+        c = (x & y).bit_count()
+        if c < cfg.sync_min_overlap:
+            return None
+        na, nb = x.bit_count(), y.bit_count()
+        if 2 * c < min(na, nb):  # most of the sparser key's minutes unshared: not in step
+            return None
+        # in step, not merely busy at the same time: two keys in one burst (a team at work, a
+        # job and its agent) also share the neighbouring minutes; rounds dispatched to both
+        # keys share the minute itself far more than the minute before or after
+        c1 = max(((y << 1) & win & x).bit_count(), ((y >> 1) & x).bit_count())
+        if 4 * c1 > c:
+            return None
+        return _hyper_tail(n, na, nb, c), c, n
+
+    def _synchrony(
+        self, etype: str, implicated: list[tuple[float, str, _Key]], members: list[tuple[float, str, _Key]]
+    ) -> tuple[set[str], set[str], tuple[float, str, str, int, int] | None]:
+        """Members (not implicated) in step with an implicated key, the implicated keys in step
+        with another member, and the strongest pair ``(p, key, key, shared, minutes)``."""
+        cfg = self.config
+        if etype not in _TIMING or cfg.sync_p <= 0.0 or not implicated:
+            return set(), set(), None
+        top = sorted(implicated, key=lambda x: (-x[0], x[1]))[:8]
+        names = {m for _, m, _ in implicated}
+        synced: set[str] = set()
+        imp_synced: set[str] = set()
+        best: tuple[float, str, str, int, int] | None = None
+        for _, m, k in members:
+            for _, tm, tk in top:
+                if tm == m:
+                    continue
+                r = self._sync_p(tk, k)
+                if r is None or r[0] > cfg.sync_p:
+                    continue
+                imp_synced.add(tm)
+                if m in names:
+                    imp_synced.add(m)
+                else:
+                    synced.add(m)
+                if best is None or (r[0], tm, m) < best[:3]:
+                    best = (r[0], tm, m, r[1], r[2])
+        return synced, imp_synced, best
 
     def _named(
         self,
@@ -1200,6 +1321,8 @@ class CampaignDetector:
         implicated: list[tuple[float, str, _Key]],
         candidates: list[tuple[float, str, _Key]],
         confirmed: bool,
+        synced: set[str] | frozenset[str] = frozenset(),
+        imp_synced: set[str] | frozenset[str] = frozenset(),
     ) -> list[tuple[float, str, _Key]]:
         """The members an alert names.
 
@@ -1210,7 +1333,7 @@ class CampaignDetector:
         uses is implicated-looking on its own, but runs different tooling), and no associates.
         """
         if etype not in _BROAD or confirmed:
-            return implicated + self._associated(etype, implicated, candidates)
+            return implicated + self._associated(etype, implicated, candidates, synced, imp_synced)
         if len(implicated) < self.config.min_implicated:
             return implicated
         centroid = self._centroid(implicated)
@@ -1247,27 +1370,30 @@ class CampaignDetector:
                     cnts[i] += 1
         return tuple(sums[i] / cnts[i] if cnts[i] else math.nan for i in range(nf))
 
-    def _need(self, etype: str, implicated: list[tuple[float, str, _Key]]) -> int:
+    def _need(self, etype: str, implicated: list[tuple[float, str, _Key]],
+              imp_synced: set[str] | frozenset[str] = frozenset()) -> int:
         """Implicated members this group needs: ``min_implicated``, or ``min_implicated_alike``
         in a narrow group whose implicated members all run one tooling (each within
-        ``assoc_distance`` of the medoid profile)."""
+        ``assoc_distance`` of the medoid profile, or each in step with another member)."""
         cfg = self.config
         n = len(implicated)
         if (etype in _BROAD or etype == "template" or cfg.min_implicated_alike >= cfg.min_implicated
                 or n < cfg.min_implicated_alike or n >= cfg.min_implicated):
             return cfg.min_implicated
+        if all(m in imp_synced for _, m, _ in implicated):
+            return cfg.min_implicated_alike
         if len(self._core(implicated, cfg.assoc_distance)) == n:
             return cfg.min_implicated_alike
         return cfg.min_implicated
 
     def _associated(
         self, etype: str, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]],
-        need: int | None = None,
+        synced: set[str] | frozenset[str] = frozenset(), imp_synced: set[str] | frozenset[str] = frozenset(),
     ) -> list[tuple[float, str, _Key]]:
-        """Candidates whose profile matches the implicated members' centroid, and, in a template
-        family, candidates whose own prompts repeatedly match other keys' prompts."""
-        if need is None:
-            need = self._need(etype, implicated)
+        """Candidates whose profile matches the implicated members' centroid or whose requests
+        are in step with an implicated key's (``synced``), and, in a template family,
+        candidates whose own prompts repeatedly match other keys' prompts."""
+        need = self._need(etype, implicated, imp_synced)
         if not candidates or len(implicated) < need:
             return []
         if etype == "template":
@@ -1281,7 +1407,7 @@ class CampaignDetector:
             return [c for c in candidates if routine(c[2])]
         centroid = self._centroid(implicated)
         limit = self.config.assoc_distance
-        return [c for c in candidates if _distance(c[2].vec, centroid) <= limit]
+        return [c for c in candidates if c[1] in synced or _distance(c[2].vec, centroid) <= limit]
 
     def _evaluate(self, gk: tuple[str, str], g: _Group, now: float) -> list[dict[str, Any]]:
         cfg = self.config
@@ -1292,14 +1418,20 @@ class CampaignDetector:
                 return [self._close(gk, g, now, "allowlisted")]
             return []
         confirmed = verdict == "confirmed"
-        active, implicated, candidates = self._member_view(g, now, confirmed)
+        active, implicated, candidates, rest = self._member_view(g, now, confirmed)
         if etype in _BROAD and not confirmed and cfg.broad_core:
             implicated = self._core(implicated, cfg.assoc_distance)
+        # members in step with an implicated key (one orchestrator's rounds), whatever their
+        # own suspicion, are candidates for association
+        synced, imp_synced, sync_best = self._synchrony(etype, implicated, implicated + candidates + rest)
+        if synced:
+            candidates = candidates + [c for c in rest if c[1] in synced]
         # members running the implicated keys' tooling with more cover traffic (association)
         # count toward the implicated share of a narrow group; broad groups count only the
         # implicated (their customers are unrelated)
-        n_assoc = 0 if etype in _BROAD else len(self._associated(etype, implicated, candidates))
-        score, reasons, window = self._score(gk, g, now, active, implicated, confirmed, n_assoc, candidates)
+        n_assoc = 0 if etype in _BROAD else len(self._associated(etype, implicated, candidates, synced, imp_synced))
+        score, reasons, window = self._score(gk, g, now, active, implicated, confirmed, n_assoc, candidates,
+                                             (synced, imp_synced, sync_best))
         if verdict == "false_positive":
             if g.open:
                 g.bar = max(g.bar, cfg.fp_raise, min(0.98, score + 0.1) - cfg.open_score)
@@ -1316,7 +1448,7 @@ class CampaignDetector:
                 g.named = set()
                 g.quiet_since = None
                 g.severity = self._severity(score, confirmed)
-                named = self._named(etype, implicated, candidates, confirmed)
+                named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced)
                 return [self._fire(gk, g, now, score, reasons, window, named, active)]
             return []
         # episode open
@@ -1329,7 +1461,7 @@ class CampaignDetector:
         g.quiet_since = None
         sev = self._severity(score, confirmed)
         escalated = _SEV_RANK[sev] > _SEV_RANK[g.severity]
-        named = self._named(etype, implicated, candidates, confirmed)
+        named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced)
         new_named = sum(1 for _, m, _ in named if m not in g.named)
         if escalated or (new_named > 0 and now - g.last_fire >= cfg.refire_interval):
             g.severity = sev if escalated else g.severity
@@ -1351,8 +1483,10 @@ class CampaignDetector:
         confirmed: bool,
         n_assoc: int = 0,
         candidates: list[tuple[float, str, _Key]] | None = None,
+        sync: tuple[set[str], set[str], tuple[float, str, str, int, int] | None] | None = None,
     ) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
         cfg = self.config
+        synced, imp_synced, sync_best = sync if sync is not None else (set(), set(), None)
         etype, entity = gk
         n_imp = len(implicated)
         window = {
@@ -1402,10 +1536,15 @@ class CampaignDetector:
             # no per-domain shares in the snapshots: the members' own breadth stands in
             e_cov = _clip01(sum(breadths) / len(breadths))
         e_churn = max(new_share, short_life)
+        # one tooling fingerprint across keys: shared templates (content) or synchronised
+        # minutes (one orchestrator's clock), whichever is stronger
+        n_sync = sum(1 for _, m, _ in implicated if m in imp_synced)
+        e_sync = n_sync / n_imp
+        fingerprint = ("synchronised_timing", 0.15, e_sync) if e_sync > e_tmpl else ("shared_templates", 0.15, e_tmpl)
         parts = [
             ("implicated_share", 0.35, e_share),
             ("member_suspicion", 0.25, mean_susp),
-            ("shared_templates", 0.15, e_tmpl),
+            fingerprint,
             ("domain_coverage", 0.10, e_cov),
             ("key_churn", 0.15, e_churn),
         ]
@@ -1414,7 +1553,7 @@ class CampaignDetector:
         # lifetimes). Without either, a few long-lived suspicious keys behind one /24 are each
         # the per-key detector's business, not a campaign. Before warm-up ends churn cannot be
         # seen, so its absence is no evidence then.
-        joint = e_tmpl > 0 or e_churn > 0 or not warm or not cfg.require_joint
+        joint = e_tmpl > 0 or e_churn > 0 or e_sync > 0 or not warm or not cfg.require_joint
         # a burst: in a narrow group, fewer keys suffice when every implicated one is new and
         # clearly implicated, and they share a template family (a campaign's first keys)
         burst = (
@@ -1428,8 +1567,8 @@ class CampaignDetector:
         # templates) actually seen, not merely unseen before warm-up
         alike = (
             n_imp < cfg.min_implicated
-            and (e_tmpl > 0 or e_churn > 0)
-            and self._need(etype, implicated) < cfg.min_implicated
+            and (e_tmpl > 0 or e_churn > 0 or e_sync > 0)
+            and self._need(etype, implicated, imp_synced) < cfg.min_implicated
         )
         enough = n_imp >= cfg.min_implicated or burst or alike
         gated = enough and share_lb >= cfg.min_share and joint
@@ -1485,6 +1624,19 @@ class CampaignDetector:
                     "explanation": f"{sharing} implicated keys send prompts within {cfg.match_bits} bits "
                     f"(64-bit SimHash) of other keys' prompts (largest family: {top}, "
                     f"{fam_count[top]} keys; {matched} keys with cross-key matches)",
+                }
+            )
+        if sync_best is not None and (n_sync or synced):
+            p, a, b, shared, minutes = sync_best
+            reasons.append(
+                {
+                    "feature": "synchronised_timing",
+                    "observed": round(e_sync, 4),
+                    "baseline": 0.0,
+                    "contribution": contrib("synchronised_timing"),
+                    "explanation": f"{n_sync + len(synced)} keys ({n_sync} implicated) send in step with "
+                    f"an implicated key: {a} and {b} were active in the same {shared} of {minutes} minutes, "
+                    f"rarely a minute apart (p = {p:.0e} by chance), like one orchestrator's rounds",
                 }
             )
         if covered >= 2:

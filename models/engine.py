@@ -47,8 +47,10 @@ since the last call. A key emits at most one per evaluation point, and at most o
                 "asn": str | None, "user_agent": str | None,
                 "template": [str, ...]},   # LSH band ids "b<band>:<4 hex>" of SimHash families
                                            # recurring in the key's recent prompts; [] if none
-     "simhashes": [str, ...]}  # the key's last <= 8 distinct prompt SimHashes, newest first,
+     "simhashes": [str, ...],  # the key's last <= 8 distinct prompt SimHashes, newest first,
                                # 16 hex each (no prompt text); [] when the gateway sends none
+     "activity": {"minute": int,   # event-time minute (epoch // 60) of the key's latest request
+                  "mask": str}}    # its active minutes of the last hour, 16 hex: bit i = minute - i
 
 Examples
 --------
@@ -559,6 +561,7 @@ class DetectionCore:
                     "template": _template_bands(ks.ring),
                 },
                 "simhashes": _recent_simhashes(ks.ring, ks.ring_pos),
+                "activity": {"minute": ks.last_min, "mask": f"{ks.mask:016x}"},
             }
         )
 

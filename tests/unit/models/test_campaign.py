@@ -637,3 +637,73 @@ def test_a_pair_running_one_tooling_with_key_churn_opens_a_narrow_group():
     assert fired(CampaignConfig(warmup=600.0, min_implicated_alike=3)) == []
     assert fired(cfg, etype="template") == []
     assert fired(cfg, etype="asn") == []
+
+
+def _activity(minutes, now_min):
+    """A snapshot's activity field for requests in ``minutes`` (epoch minutes) as of ``now_min``."""
+    mask = 0
+    for m in minutes:
+        if 0 <= now_min - m < 64:
+            mask |= 1 << (now_min - m)
+    return {"minute": now_min, "mask": f"{mask:016x}"}
+
+
+def test_keys_in_step_with_an_implicated_key_are_a_campaign_and_are_named():
+    # an orchestrator dispatches a round every 4 minutes to every key it holds behind one /24:
+    # two implicated keys of different tooling and one quiet key (mostly cover traffic), all
+    # sending in the same minutes. Independent users of the /24 send when they like.
+    warm = [snap("old", T0 + i * 100.0, BENIGN, {"asn": "1"}) for i in range(10)]
+    start = T0 + 3 * 3600.0
+    m0 = int(start // 60)
+    other = dict(SCRAPER, template_share=0.95, sampling_share=0.9, temperature_spread=1.0,
+                 timing_regularity=0.9, duty_cycle=0.9, rate=0.8, capability_breadth=0.0)
+    quiet = dict(BENIGN, cot_share=0.1)
+
+    def fired(cfg, sched=None, feats=(SCRAPER, other, quiet), etype="client_net"):
+        rounds = [m0 + 4 * i for i in range(20)]
+        sched = sched or (rounds, rounds, rounds)
+        snaps = []
+        for r in range(6):
+            now_min = m0 + 40 + 5 * r
+            for i, f in enumerate(feats):
+                ts = now_min * 60.0 + 10.0 + i
+                s = snap(f"k{i}", ts, f, {etype: "198.51.100.0/24"}, first_ts=start - 3600.0,
+                         score=0.05 if f is quiet else 0.25)
+                s["activity"] = _activity([m for m in sched[i] if m <= now_min], now_min)
+                snaps.append(s)
+        return firing(run(CampaignDetector(cfg), warm + snaps), etype)
+
+    cfg = CampaignConfig(warmup=600.0)
+    assert member_suspicion(0.05, quiet) < cfg.assoc_floor  # not even a candidate by profile
+    alerts = fired(cfg)
+    assert alerts, "two implicated keys in step (and a third) must open the /24"
+    named = set().union(*(a["related_entities"] for a in alerts))
+    assert named == {"k0", "k1", "k2"}  # the quiet key is named by its timing
+    sync = [r for r in alerts[0]["reasons"] if r["feature"] == "synchronised_timing"]
+    assert sync and "in step" in sync[0]["explanation"]
+    # the same keys sending independently: old keys of different tooling, no cross-key evidence
+    import random
+
+    rng = random.Random(7)
+    indep = tuple(sorted(rng.sample(range(m0, m0 + 70), 16)) for _ in range(3))
+    assert fired(cfg, sched=indep) == []
+    # busy in the same burst (every minute of the last 12) is not being in step
+    burst = [m0 + 58 + i for i in range(13)] + [m0 + 20]
+    assert fired(cfg, sched=(burst, burst, burst)) == []
+    # switched off, or in a broad group, synchrony counts for nothing
+    assert fired(CampaignConfig(warmup=600.0, sync_p=0.0)) == []
+    assert fired(cfg, etype="asn") == []
+
+
+def test_activity_masks_survive_export_and_import_and_bad_ones_are_ignored():
+    det = CampaignDetector()
+    s = snap("k", T0, SCRAPER, {"client_net": "198.51.100.0/24"})
+    s["activity"] = {"minute": int(T0 // 60), "mask": "8000000000000011"}
+    det.observe(s)
+    for bad in ({"minute": -1, "mask": "11"}, {"minute": 5, "mask": "zz"}, {"minute": "5", "mask": "1"},
+                {"mask": "1"}, [1, 2], "x", {"minute": 5, "mask": "1" * 17}):
+        det.observe(dict(snap("k", T0 + 1, SCRAPER, {"client_net": "198.51.100.0/24"}), activity=bad))
+    again = CampaignDetector()
+    again.import_state(det.export_state())
+    k = again._keys["k"]
+    assert (k.amin, k.amask) == (int(T0 // 60), 0x8000000000000011)

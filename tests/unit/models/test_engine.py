@@ -445,3 +445,21 @@ def test_fast_window_config_is_validated():
         DetectorConfig(fast_alpha=0.01)
     with pytest.raises(ValueError, match="fast_weight"):
         DetectorConfig(fast_weight=2.0)
+
+
+def test_snapshots_carry_the_keys_active_minutes():
+    core = DetectionCore()
+    # requests at minutes 0, 3, 6, ... of the last hour, then a snapshot
+    evs = [{"event_id": f"e{i}", "ts": T0 + 180.0 * i + 5.0, "api_key": "k", "prompt_tokens": 40,
+            "completion_tokens": 900, "status": 200, "topic": "math"} for i in range(20)]
+    run(core, evs)
+    snaps = core.drain_member_snapshots()
+    assert snaps
+    last = snaps[-1]
+    act = last["activity"]
+    minute = int(last["ts"] // 60)
+    assert act["minute"] == minute
+    mask = int(act["mask"], 16)
+    active = {minute - i for i in range(64) if mask >> i & 1}
+    sent = {int(e["ts"] // 60) for e in evs if e["ts"] <= last["ts"]}
+    assert active == {m for m in sent if m > minute - 64}
