@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-4"
+CAMPAIGN_MODEL_VERSION = "campaign-5"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -295,6 +295,12 @@ class CampaignConfig:
         A broad group (ASN, user agent) counts only its *core*: implicated members within
         ``assoc_distance`` of the medoid profile, so unrelated suspicious customers of one
         cloud ASN do not add up to a campaign.
+    narrow_core
+        An account or network group with three or more implicated members names only those of
+        its core tooling (within ``assoc_distance`` of the medoid, as ``broad_core`` counts a
+        broad group's), those in step with another member, and confirmed ones: an honest eval
+        harness behind the same /24 as a campaign looks implicated on its own but is not named.
+        The group is still judged on all its implicated members.
     require_joint
         After warm-up, a group opens only with evidence that exists across keys: implicated keys
         sharing a template family, or key churn (new keys, short lifetimes). Share and
@@ -380,6 +386,7 @@ class CampaignConfig:
     new_suspicion: float = 0.55
     min_implicated_alike: int = 2
     sync_p: float = 1e-6
+    narrow_core: bool = True
     sync_min_minutes: int = 20
     sync_min_overlap: int = 4
     member_harvest: float = 0.1
@@ -393,7 +400,7 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if type(self.match_bits) is not int or not 0 <= self.match_bits <= 24:
             raise ValueError(f"match_bits must be an integer in [0, 24], got {self.match_bits!r}")
-        for name in ("require_joint", "lifetimes_all", "broad_core"):
+        for name in ("require_joint", "lifetimes_all", "broad_core", "narrow_core"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_related > 100:
@@ -1326,14 +1333,19 @@ class CampaignDetector:
     ) -> list[tuple[float, str, _Key]]:
         """The members an alert names.
 
-        Narrow groups (an account, a /24, a template family) name every implicated member and
-        the associated ones. Broad groups (an ASN, a user agent) hold many unrelated customers:
+        Narrow groups (an account, a /24, a template family) name their implicated members (with
+        ``narrow_core``, in an account or network group of three or more, only those of the core
+        tooling or in step with another member) and the associated ones. Broad groups (an ASN, a user agent) hold many unrelated customers:
         they name only implicated members whose behaviour profile matches the implicated
         centroid (an honest eval harness or reasoning app in a cloud ASN that a campaign also
         uses is implicated-looking on its own, but runs different tooling), and no associates.
         """
         if etype not in _BROAD or confirmed:
-            return implicated + self._associated(etype, implicated, candidates, synced, imp_synced)
+            named = implicated
+            if self.config.narrow_core and not confirmed and etype != "template" and len(implicated) > 2:
+                core = {m for _, m, _ in self._core(implicated, self.config.assoc_distance)}
+                named = [c for c in implicated if c[0] >= 1.0 or c[1] in core or c[1] in imp_synced]
+            return named + self._associated(etype, implicated, candidates, synced, imp_synced)
         if len(implicated) < self.config.min_implicated:
             return implicated
         centroid = self._centroid(implicated)

@@ -471,10 +471,12 @@ def test_broad_groups_name_only_members_with_the_campaigns_profile():
     assert fired
     named = {k for a in fired for k in a["related_entities"]}
     assert "harness0" not in named and {f"evil{i}" for i in range(6)} <= named
-    # the same key on the campaign's own /24 (a narrow group) is named: it is implicated there
-    det2 = CampaignDetector(CampaignConfig(warmup=0.0))
+    # on the campaign's own /24 (a narrow group) it is named only when narrow groups name every
+    # implicated member (narrow_core off); by default they too name their core tooling
     narrow = [dict(s, groups={"client_net": "198.51.100.0/24"}) for s in snaps]
-    assert "harness0" in {k for a in firing(run(det2, narrow)) for k in a["related_entities"]}
+    for core, expect in ((True, False), (False, True)):
+        det2 = CampaignDetector(CampaignConfig(warmup=0.0, narrow_core=core))
+        assert ("harness0" in {k for a in firing(run(det2, narrow)) for k in a["related_entities"]}) is expect
 
 
 def test_a_broad_group_counts_only_its_coherent_core():
@@ -707,3 +709,20 @@ def test_activity_masks_survive_export_and_import_and_bad_ones_are_ignored():
     again.import_state(det.export_state())
     k = again._keys["k"]
     assert (k.amin, k.amask) == (int(T0 // 60), 0x8000000000000011)
+
+
+def test_a_narrow_group_names_the_implicated_keys_of_its_core_tooling_not_an_honest_neighbour():
+    # three rotating campaign keys and, behind the same /24, an honest eval harness that looks
+    # implicated on its own (CoT, capability topics, one-shot) but runs other tooling
+    harness = dict(SCRAPER, output_ratio=0.1, capability_breadth=0.0, template_share=0.9,
+                   novelty=0.3, timing_regularity=0.9, duty_cycle=0.9, rate=0.9, sampling_share=0.0)
+    net = {"client_net": "198.51.100.0/24"}
+    snaps = campaign_snaps(3, net) + campaign_snaps(1, net, feats=harness, prefix="harness")
+    snaps.sort(key=lambda s: s["ts"])
+
+    def named(cfg):
+        alerts = firing(run(CampaignDetector(cfg), snaps), "client_net")
+        return set().union(*(a["related_entities"] for a in alerts))
+
+    assert named(CampaignConfig(warmup=0.0)) == {"evil0", "evil1", "evil2"}
+    assert "harness0" in named(CampaignConfig(warmup=0.0, narrow_core=False))
