@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-5"
+CAMPAIGN_MODEL_VERSION = "campaign-6"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -306,11 +306,13 @@ class CampaignConfig:
         sharing a template family, or key churn (new keys, short lifetimes). Share and
         suspicion alone describe independent suspicious keys, which the per-key detector judges.
     min_implicated_new, new_suspicion
-        A narrow group may open with only ``min_implicated_new`` implicated keys when all of
-        them are new (first seen within ``new_key_window``, after warm-up), share a template
-        family and each has member suspicion at least ``new_suspicion``: the first keys of a
-        campaign, before a third one has matched. ``min_implicated_new`` >= ``min_implicated``
-        switches it off.
+        A narrow group may open with only ``min_implicated_new`` implicated keys when one of
+        them is new (first seen within ``new_key_window``, after warm-up; all of them with
+        ``burst_all_new``), they share a template family and each has member suspicion at least
+        ``new_suspicion``: a campaign's first keys, or its first rotation, before a third one
+        has matched. ``min_implicated_new`` >= ``min_implicated`` switches it off.
+    burst_all_new
+        The burst rule above asks for every implicated key to be new, not just one.
     min_implicated_alike
         An account or network group (not a template family, not a broad group) may open with
         only this many implicated keys when all of them run one tooling (each within
@@ -387,6 +389,7 @@ class CampaignConfig:
     min_implicated_alike: int = 2
     sync_p: float = 1e-6
     narrow_core: bool = True
+    burst_all_new: bool = False
     sync_min_minutes: int = 20
     sync_min_overlap: int = 4
     member_harvest: float = 0.1
@@ -400,7 +403,7 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if type(self.match_bits) is not int or not 0 <= self.match_bits <= 24:
             raise ValueError(f"match_bits must be an integer in [0, 24], got {self.match_bits!r}")
-        for name in ("require_joint", "lifetimes_all", "broad_core", "narrow_core"):
+        for name in ("require_joint", "lifetimes_all", "broad_core", "narrow_core", "burst_all_new"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_related > 100:
@@ -1571,7 +1574,7 @@ class CampaignDetector:
         burst = (
             etype not in _BROAD
             and n_imp >= cfg.min_implicated_new
-            and new_keys == n_imp
+            and (new_keys == n_imp or (new_keys >= 1 and not self.config.burst_all_new))
             and sharing == n_imp
             and all(s >= cfg.new_suspicion for s, _, _ in implicated)
         )

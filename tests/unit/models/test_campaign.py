@@ -412,6 +412,12 @@ def test_two_new_clearly_implicated_keys_sharing_templates_open_a_family_early()
     cfg = CampaignConfig(warmup=600.0)
     (a, *_) = fired(cfg)
     assert set(a["related_entities"]) == {"evil0", "evil1"}
+    # one new key (a rotation) beside an older one is enough, unless every key must be new
+    snaps = template_campaign(2, start=start)
+    rotated = [dict(s, first_ts=T0) if s["api_key"] == "evil0" else s for s in snaps]
+    assert firing(run(CampaignDetector(cfg), warm + rotated), "template")
+    assert firing(run(CampaignDetector(CampaignConfig(warmup=600.0, burst_all_new=True)), warm + rotated),
+                  "template") == []
     # not when the pair is old, only mildly suspicious, or the burst rule is off
     assert fired(cfg, first_ts=T0) == []
     mild = dict(SCRAPER, cot_share=0.25, capability_share=0.55, output_ratio=0.2)
