@@ -1338,10 +1338,11 @@ class CampaignDetector:
 
         Narrow groups (an account, a /24, a template family) name their implicated members (with
         ``narrow_core``, in an account or network group of three or more, only those of the core
-        tooling or in step with another member) and the associated ones. Broad groups (an ASN, a user agent) hold many unrelated customers:
-        they name only implicated members whose behaviour profile matches the implicated
-        centroid (an honest eval harness or reasoning app in a cloud ASN that a campaign also
-        uses is implicated-looking on its own, but runs different tooling), and no associates.
+        tooling or in step with another member) and the associated ones. Broad groups (an ASN, a
+        user agent) hold many unrelated customers: they name only implicated members whose
+        behaviour profile matches the implicated centroid (an honest eval harness or reasoning
+        app in a cloud ASN that a campaign also uses is implicated-looking on its own, but runs
+        different tooling), and no associates.
         """
         if etype not in _BROAD or confirmed:
             named = implicated
