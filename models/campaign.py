@@ -1333,6 +1333,7 @@ class CampaignDetector:
         confirmed: bool,
         synced: set[str] | frozenset[str] = frozenset(),
         imp_synced: set[str] | frozenset[str] = frozenset(),
+        need: int | None = None,
     ) -> list[tuple[float, str, _Key]]:
         """The members an alert names.
 
@@ -1349,7 +1350,7 @@ class CampaignDetector:
             if self.config.narrow_core and not confirmed and etype != "template" and len(implicated) > 2:
                 core = {m for _, m, _ in self._core(implicated, self.config.assoc_distance)}
                 named = [c for c in implicated if c[0] >= 1.0 or c[1] in core or c[1] in imp_synced]
-            return named + self._associated(etype, implicated, candidates, synced, imp_synced)
+            return named + self._associated(etype, implicated, candidates, synced, need)
         if len(implicated) < self.config.min_implicated:
             return implicated
         centroid = self._centroid(implicated)
@@ -1404,12 +1405,14 @@ class CampaignDetector:
 
     def _associated(
         self, etype: str, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]],
-        synced: set[str] | frozenset[str] = frozenset(), imp_synced: set[str] | frozenset[str] = frozenset(),
+        synced: set[str] | frozenset[str] = frozenset(), need: int | None = None,
     ) -> list[tuple[float, str, _Key]]:
         """Candidates whose profile matches the implicated members' centroid or whose requests
         are in step with an implicated key's (``synced``), and, in a template family,
-        candidates whose own prompts repeatedly match other keys' prompts."""
-        need = self._need(etype, implicated, imp_synced)
+        candidates whose own prompts repeatedly match other keys' prompts. ``need`` is the
+        group's :meth:`_need` (computed when not given)."""
+        if need is None:
+            need = self._need(etype, implicated)
         if not candidates or len(implicated) < need:
             return []
         if etype == "template":
@@ -1445,9 +1448,10 @@ class CampaignDetector:
         # members running the implicated keys' tooling with more cover traffic (association)
         # count toward the implicated share of a narrow group; broad groups count only the
         # implicated (their customers are unrelated)
-        n_assoc = 0 if etype in _BROAD else len(self._associated(etype, implicated, candidates, synced, imp_synced))
+        need = self._need(etype, implicated, imp_synced)
+        n_assoc = 0 if etype in _BROAD else len(self._associated(etype, implicated, candidates, synced, need))
         score, reasons, window = self._score(gk, g, now, active, implicated, confirmed, n_assoc, candidates,
-                                             (synced, imp_synced, sync_best))
+                                             (synced, imp_synced, sync_best), need)
         if verdict == "false_positive":
             if g.open:
                 g.bar = max(g.bar, cfg.fp_raise, min(0.98, score + 0.1) - cfg.open_score)
@@ -1464,7 +1468,7 @@ class CampaignDetector:
                 g.named = set()
                 g.quiet_since = None
                 g.severity = self._severity(score, confirmed)
-                named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced)
+                named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced, need)
                 return [self._fire(gk, g, now, score, reasons, window, named, active)]
             return []
         # episode open
@@ -1477,7 +1481,7 @@ class CampaignDetector:
         g.quiet_since = None
         sev = self._severity(score, confirmed)
         escalated = _SEV_RANK[sev] > _SEV_RANK[g.severity]
-        named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced)
+        named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced, need)
         new_named = sum(1 for _, m, _ in named if m not in g.named)
         if escalated or (new_named > 0 and now - g.last_fire >= cfg.refire_interval):
             g.severity = sev if escalated else g.severity
@@ -1500,9 +1504,12 @@ class CampaignDetector:
         n_assoc: int = 0,
         candidates: list[tuple[float, str, _Key]] | None = None,
         sync: tuple[set[str], set[str], tuple[float, str, str, int, int] | None] | None = None,
+        need: int | None = None,
     ) -> tuple[float, list[dict[str, Any]], dict[str, Any]]:
         cfg = self.config
         synced, imp_synced, sync_best = sync if sync is not None else (set(), set(), None)
+        if need is None:
+            need = self._need(gk[0], implicated, imp_synced)
         etype, entity = gk
         n_imp = len(implicated)
         window = {
@@ -1570,21 +1577,22 @@ class CampaignDetector:
         # the per-key detector's business, not a campaign. Before warm-up ends churn cannot be
         # seen, so its absence is no evidence then.
         joint = e_tmpl > 0 or e_churn > 0 or e_sync > 0 or not warm or not cfg.require_joint
-        # a burst: in a narrow group, fewer keys suffice when every implicated one is new and
-        # clearly implicated, and they share a template family (a campaign's first keys)
+        # a burst: in a narrow group, fewer keys suffice when one implicated key is new (each
+        # of them, with burst_all_new), all are clearly implicated and they share a template
+        # family (a campaign's first keys, or its first rotation)
         burst = (
             etype not in _BROAD
             and n_imp >= cfg.min_implicated_new
-            and (new_keys == n_imp or (new_keys >= 1 and not self.config.burst_all_new))
+            and (new_keys == n_imp or (new_keys >= 1 and not cfg.burst_all_new))
             and sharing == n_imp
             and all(s >= cfg.new_suspicion for s, _, _ in implicated)
         )
-        # a pair (or more) running one tooling, with evidence across keys (churn or shared
-        # templates) actually seen, not merely unseen before warm-up
+        # a pair (or more) running one tooling, with evidence across keys (churn, shared
+        # templates or synchronised timing) actually seen, not merely unseen before warm-up
         alike = (
             n_imp < cfg.min_implicated
             and (e_tmpl > 0 or e_churn > 0 or e_sync > 0)
-            and self._need(etype, implicated, imp_synced) < cfg.min_implicated
+            and need < cfg.min_implicated
         )
         enough = n_imp >= cfg.min_implicated or burst or alike
         gated = enough and share_lb >= cfg.min_share and joint
