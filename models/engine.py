@@ -616,6 +616,12 @@ class DetectionCore:
     def dirty_keys(self) -> set[str]:
         return set(self._dirty)
 
+    def mark_dirty(self, api_key: str) -> None:
+        """Have ``api_key`` written at the next state write although no event changed it (a
+        driver rolled back a half-written record of it and must write it again)."""
+        if api_key in self.keys:
+            self._dirty.add(api_key)
+
     def clear_dirty(self) -> None:
         self._dirty.clear()
 

@@ -43,6 +43,7 @@ from streams.pipeline import (
     partition_for,
 )
 from streams.settings import Settings
+from streams.statelog import committed_version, pack_key_record, unpack_key_record
 from streams.web import install_web, readiness, recovery_complete, web_app_options
 
 __all__ = ["Worker", "create_worker", "faust_app_options"]
@@ -53,27 +54,44 @@ _SHARED_KEY = b"__partition__/%d"
 #: Seconds between commits of the input offsets (the worker commits them itself).
 COMMIT_EVERY_S = 1.0
 # partition-state value: version byte, the housekeeping clock (next grid time, unconfirmed jump;
-# NaN = none), then DetectionCore.export_shared(). The clock lives beside the state it drives so
-# a restarted worker advances (resolves, evicts) at the same event times as an uninterrupted one.
-_SHARED_HEADER = struct.Struct("<Bdd")
-_SHARED_VERSION = 1
+# NaN = none), the state-write epoch it completes (streams/statelog.py), then
+# DetectionCore.export_shared(). The clock lives beside the state it drives so a restarted
+# worker advances (resolves, evicts) at the same event times as an uninterrupted one.
+_SHARED_HEADER = struct.Struct("<BddQ")
+_SHARED_VERSION = 2
+_SHARED_HEADER_V1 = struct.Struct("<Bdd")   # before epochs: read as epoch 0
 #: Member snapshots per record of the snapshot topic (a record stays far below 1 MiB).
 _SNAPSHOTS_PER_RECORD = 256
 
 
-def _pack_shared(clock: tuple[float | None, float | None], shared: bytes) -> bytes:
+def _pack_shared(clock: tuple[float | None, float | None], shared: bytes, epoch: int = 0) -> bytes:
     nan = float("nan")
     nxt, pending = clock
     return _SHARED_HEADER.pack(_SHARED_VERSION, nan if nxt is None else nxt,
-                               nan if pending is None else pending) + shared
+                               nan if pending is None else pending, epoch) + shared
 
 
-def _unpack_shared(blob: bytes) -> tuple[tuple[float | None, float | None], bytes]:
-    if len(blob) < _SHARED_HEADER.size or blob[0] != _SHARED_VERSION:
+def _is_absent(record: bytes) -> bool:
+    """Whether a key-state value is a "no such key" marker (streams/statelog.py)."""
+    try:
+        return not unpack_key_record(record).cur
+    except ValueError:
+        return False   # unreadable: overwritten by a marker, which cleans it up
+
+
+def _unpack_shared(blob: bytes) -> tuple[tuple[float | None, float | None], bytes, int]:
+    """(clock, DetectionCore shared state, epoch the record completes) of a partition-state
+    record; a record from before epochs completes epoch 0."""
+    if len(blob) >= _SHARED_HEADER.size and blob[0] == _SHARED_VERSION:
+        _, nxt, pending, epoch = _SHARED_HEADER.unpack_from(blob)
+        head = _SHARED_HEADER.size
+    elif len(blob) >= _SHARED_HEADER_V1.size and blob[0] == 1:
+        _, nxt, pending = _SHARED_HEADER_V1.unpack_from(blob)
+        epoch, head = 0, _SHARED_HEADER_V1.size
+    else:
         raise ValueError("partition-state record has an unknown format")
-    version, nxt, pending = _SHARED_HEADER.unpack_from(blob)
     clock = (None if math.isnan(nxt) else nxt, None if math.isnan(pending) else pending)
-    return clock, blob[_SHARED_HEADER.size:]
+    return clock, blob[head:], epoch
 
 
 def _credentials(settings: Settings) -> dict[str, Any]:
@@ -160,12 +178,15 @@ class Worker:
         self.detector = Detector(partitions, feedback=feedback)
         self.campaigns = CampaignRunner(feedback)
         self._loaded_shared: set[int] = set()
-        self._shared_written: dict[int, bytes] = {}
         self._evicted_seen: dict[int, int] = {}
         self._last_offsets: dict[tuple[str, int], int] = {}
         self._last_totals: dict[str, int] = {}
         self._pending_commit: dict[Any, int] = {}
         self._unwritten: set[int] = set()   # partitions whose state changed since the last write
+        # per partition: the last state-write epoch written or seen (streams/statelog.py), and
+        # the keys whose "no such key" marker is committed and may now be tombstoned
+        self._epoch: dict[int, int] = {}
+        self._tombstone_due: dict[int, set[bytes]] = {}
         # Held for a whole batch, and by the commit timer and the revoke handler: a batch's core
         # changes must not be written (timer) or dropped (revoke) while its alerts are in flight
         self._batch_lock = asyncio.Lock()
@@ -223,8 +244,10 @@ class Worker:
                 if tp.topic == self.settings.events_topic:
                     self.detector.drop(tp.partition)
                     self._loaded_shared.discard(tp.partition)
-                    self._shared_written.pop(tp.partition, None)
                     self._evicted_seen.pop(tp.partition, None)
+                    self._epoch.pop(tp.partition, None)
+                    self._tombstone_due.pop(tp.partition, None)
+                    self._unwritten.discard(tp.partition)
 
     async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **kwargs: Any) -> None:
         n = sum(1 for tp in assigned if tp.topic == self.settings.events_topic)
@@ -236,16 +259,18 @@ class Worker:
         if partition not in self._loaded_shared:
             self._loaded_shared.add(partition)
             blob = self.partition_state.data.get(_SHARED_KEY % partition)
+            complete: int | None = 0   # no record: no write of this partition completed
             if blob:
                 try:
-                    clock, shared = _unpack_shared(blob)
+                    clock, shared, complete = _unpack_shared(blob)
                     core.import_shared(shared)
                     self.detector.set_clock(partition, *clock)
                 except ValueError as exc:
                     log.error("partition-state of partition %d is unreadable (%s); its population "
-                              "model starts fresh", partition, exc)
-                self._shared_written[partition] = blob
-            self._restore_keys(partition, core)
+                              "model starts fresh and its key records are taken as they are",
+                              partition, exc)
+                    complete = None
+            self._restore_keys(partition, core, complete)
             self._evicted_seen[partition] = core.evicted_total
         return core
 
@@ -258,28 +283,56 @@ class Worker:
         return [kb for kb in list(store.keys())
                 if recovered.get(kb, partition_for(kb, n) if n > 1 else 0) == partition]
 
-    def _restore_keys(self, partition: int, core: Any) -> None:
+    def _restore_keys(self, partition: int, core: Any, complete: int | None) -> None:
         """Load all of a partition's keys from the recovered table when it is first used.
 
         Loading a key only at its next event is not enough: a key that went silent with an
         open episode must still be resolved by :meth:`DetectionCore.advance` (and an idle one
         evicted) at the same event time as in an uninterrupted run, or a restart or a
         rebalance loses the resolution.
+
+        ``complete`` is the last state-write epoch whose partition-state record is on the
+        broker: a key record from a later (interrupted) write is rolled back to the key's
+        version at that epoch and written again at the next write (streams/statelog.py).
+        None (the partition-state record is unreadable) takes every key record as complete.
         """
         store = self.key_state.data
-        loaded = 0
+        loaded = rolled = 0
+        top = complete or 0
+        due = self._tombstone_due.setdefault(partition, set())
         for kb in self._partition_keys(partition):
-            blob = store.get(kb)
+            raw = store.get(kb)
             key = kb.decode("utf-8", "replace")
-            if not blob or core.has_key(key):
+            if not raw or core.has_key(key):
                 continue
             try:
-                core.import_key(key, blob)
+                rec = unpack_key_record(raw)
+                top = max(top, rec.epoch)
+                blob, back = committed_version(rec, rec.epoch if complete is None else complete)
+                if blob:
+                    core.import_key(key, blob)
             except ValueError as exc:
                 log.error("key-state of %r on partition %d is unreadable (%s); the key starts "
                           "fresh. Its changelog record is kept for inspection.", key, partition, exc)
                 continue
-            loaded += 1
+            # keep only the version in use (the previous one is needed only on the wire)
+            version_epoch = rec.prev_epoch if back else rec.epoch
+            if blob:
+                store[kb] = pack_key_record(version_epoch, blob)
+                loaded += 1
+                if back:
+                    core.mark_dirty(key)
+            else:
+                store[kb] = pack_key_record(version_epoch, b"")
+                due.add(kb)   # no such key as of `complete`: tombstone it
+            rolled += back
+        self._epoch[partition] = top
+        if rolled or due:
+            self._unwritten.add(partition)
+        if rolled:
+            log.warning("partition %d: %d key records came from a state write that did not "
+                        "complete (the previous owner stopped during it); they are back at "
+                        "epoch %d and are written again", partition, rolled, complete)
         if loaded:
             log.info("partition %d: restored %d keys from the key-state changelog", partition, loaded)
 
@@ -418,18 +471,15 @@ class Worker:
         flush here makes those records durable before the offsets that they cover commit.
         """
         self._last_commit = time.monotonic()
-        if not self._pending_commit:
+        if not self._pending_commit and not self._unwritten:
             return
         offsets, self._pending_commit = self._pending_commit, {}
-        # the state of everything these offsets cover, then a flush: state is durable before
-        # the offsets that let a restart skip its events
+        # the state of everything these offsets cover is durable before the offsets that let
+        # a restart skip its events
         touched, self._unwritten = self._unwritten, set()
-        sent = self._write_state(touched)
-        await self.app.producer.flush()
-        # Faust's flush gives up on its send buffer after 0.1 s without progress, so it does
-        # not prove the state is on the broker: each record's own ack does
-        for fut in sent:
-            await fut
+        await self._write_state(touched)
+        if not offsets:
+            return
         # Faust's own commit path minus its ack bookkeeping (acks are off for these topics)
         consumer = self.app.consumer
         ok = await consumer._commit(offsets)
@@ -460,41 +510,85 @@ class Worker:
                                                     value=encode_alert(a)))
         return out
 
-    def _write_state(self, partitions: Iterable[int]) -> list[Any]:
-        """Queue the changed state of ``partitions``; returns the sends' futures (acked when
-        the broker has the record)."""
+    async def _write_state(self, partitions: Iterable[int]) -> None:
+        """Write the changed state of ``partitions`` as one epoch each (streams/statelog.py).
+
+        Key records (with each key's previous version) first; once the broker has them all,
+        the partition-state records that complete the epochs. A worker that dies in between
+        leaves records that a restore recognises as incomplete and rolls back.
+        """
         table = self.key_state
-        sent: list[Any] = []
         data = table.data
-        for part in partitions:
+        keys_sent: list[Any] = []
+        completes: list[tuple[int, bytes]] = []
+        for part in sorted(partitions):
             core = self.detector.cores.get(part)
             if core is None:
                 continue
+            epoch = self._epoch.get(part, 0) + 1
+            self._epoch[part] = epoch
+            # "no such key" markers of a complete epoch: tombstone them for compaction
+            due = self._tombstone_due.pop(part, set())
+            for kb in sorted(due):
+                old = data.get(kb)
+                if old is not None and not _is_absent(old):
+                    continue   # the key came back and was written since
+                data.pop(kb, None)
+                keys_sent.append(table.send_changelog(part, kb, None, value_serializer="raw"))
+            absent: set[bytes] = set()
             for key in sorted(core.dirty_keys()):
                 kb = key.encode("utf-8")
-                blob = core.export_key(key)
-                if blob is None:   # evicted: tombstone, so the changelog compacts it away
-                    data.pop(kb, None)
-                    sent.append(table.send_changelog(part, kb, None, value_serializer="raw"))
-                else:
-                    data[kb] = blob
-                    sent.append(table.send_changelog(part, kb, blob))
+                blob = core.export_key(key) or b""   # None: evicted since it changed
+                keys_sent.append(self._send_key(part, kb, epoch, blob))
+                if not blob:
+                    absent.add(kb)
             core.clear_dirty()
             if core.evicted_total != self._evicted_seen.get(part, core.evicted_total):
-                # evicted keys are gone from the core; tombstone them so neither a restart nor
-                # the key's return after the idle TTL brings back its stale state
+                # evicted keys are gone from the core; mark them gone so that neither a restart
+                # nor the key's return after the idle TTL brings back their stale state
                 self._evicted_seen[part] = core.evicted_total
                 for kb in self._partition_keys(part):
-                    if not core.has_key(kb.decode("utf-8", "replace")):
-                        data.pop(kb, None)
-                        sent.append(table.send_changelog(part, kb, None, value_serializer="raw"))
-            shared = _pack_shared(self.detector.clock_of(part), core.export_shared())
-            if shared != self._shared_written.get(part):
-                sk = _SHARED_KEY % part
-                self.partition_state.data[sk] = shared
-                sent.append(self.partition_state.send_changelog(part, sk, shared))
-                self._shared_written[part] = shared
-        return sent
+                    if kb in absent or core.has_key(kb.decode("utf-8", "replace")):
+                        continue
+                    old = data.get(kb)
+                    if old is not None and not _is_absent(old):
+                        keys_sent.append(self._send_key(part, kb, epoch, b""))
+                        absent.add(kb)
+            if absent:
+                self._tombstone_due[part] = absent
+            completes.append((part, _pack_shared(self.detector.clock_of(part),
+                                                 core.export_shared(), epoch)))
+        await self._acked(keys_sent)
+        shared_sent = []
+        for part, shared in completes:
+            sk = _SHARED_KEY % part
+            self.partition_state.data[sk] = shared
+            shared_sent.append(self.partition_state.send_changelog(part, sk, shared))
+        await self._acked(shared_sent)
+
+    def _send_key(self, part: int, kb: bytes, epoch: int, blob: bytes) -> Any:
+        """Send one key record of ``epoch`` carrying the key's previous version."""
+        data = self.key_state.data
+        old = data.get(kb)
+        prev_epoch, prev = 0, b""
+        if old is not None:
+            try:
+                rec = unpack_key_record(old)
+                prev_epoch, prev = rec.epoch, rec.cur
+            except ValueError:
+                pass   # unreadable (logged at restore): no previous version to fall back to
+        data[kb] = pack_key_record(epoch, blob)
+        return self.key_state.send_changelog(
+            part, kb, pack_key_record(epoch, blob, prev_epoch, prev))
+
+    async def _acked(self, sent: list[Any]) -> None:
+        if not sent:
+            return
+        await self.app.producer.flush()
+        # Faust's flush gives up on its send buffer after 0.1 s without progress, so it does
+        # not prove the records are on the broker: each record's own ack does
+        for fut in sent:
+            await fut
 
     async def _campaign_agent(self, stream: Any) -> None:
         async for values in stream.take(self.settings.batch_max, within=self.settings.batch_within):

@@ -95,9 +95,9 @@ def test_housekeeping_clock_ignores_a_lone_jump_but_follows_a_confirmed_gap():
 def test_partition_state_record_round_trips_the_clock_and_rejects_garbage():
     from streams.app import _pack_shared, _unpack_shared
 
-    blob = _pack_shared((1005.0, None), b"core-bytes")
-    assert _unpack_shared(blob) == ((1005.0, None), b"core-bytes")
-    assert _unpack_shared(_pack_shared((None, 7.0), b"")) == ((None, 7.0), b"")
+    blob = _pack_shared((1005.0, None), b"core-bytes", 12)
+    assert _unpack_shared(blob) == ((1005.0, None), b"core-bytes", 12)
+    assert _unpack_shared(_pack_shared((None, 7.0), b"")) == ((None, 7.0), b"", 0)
     with pytest.raises(ValueError):
         _unpack_shared(b"\x09garbage-garbage-garbage")
 

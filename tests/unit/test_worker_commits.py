@@ -12,10 +12,12 @@ built but never started, and the batch and the commit are stand-ins that record 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 from streams.app import Worker
 from streams.settings import load_settings
+
+_EVENT = {"event_id": "e1", "api_key": "k1", "prompt_tokens": 12, "completion_tokens": 340,
+          "status": 200}
 
 
 class _Stream:
@@ -61,7 +63,7 @@ def test_commit_timer_waits_for_the_batch_in_flight(tmp_path):
 def test_revoke_waits_for_the_batch_in_flight(tmp_path):
     order: list[str] = []
     w = _worker(tmp_path, order)
-    tp = SimpleNamespace(topic=w.settings.events_topic, partition=1)
+    tp = _tp(w.settings.events_topic, 1)
 
     async def main():
         agent = asyncio.create_task(w._detect_agent(_Stream([["e1"]])))
@@ -113,7 +115,8 @@ def test_revoked_partitions_leave_no_offset_to_retry(tmp_path):
 
 def test_offsets_commit_only_after_every_state_record_is_acked(tmp_path):
     """Faust's producer flush can return with records still in its send buffer; the commit must
-    wait for each state record's own ack, or a crash leaves state behind committed offsets."""
+    wait for each state record's own ack, or a crash leaves state behind committed offsets. The
+    partition record that completes the write goes only after every key record is acked."""
     w = Worker(load_settings({"MOATWATCH_DATA_DIR": str(tmp_path / "data")}), 2)
     order: list[str] = []
     tp = _tp(w.settings.events_topic, 0)
@@ -133,17 +136,36 @@ def test_offsets_commit_only_after_every_state_record_is_acked(tmp_path):
     w.app.producer, w.app.consumer = Producer(), Consumer()
 
     async def main():
-        ack = asyncio.get_running_loop().create_future()
-        w._write_state = lambda partitions: [ack]
+        loop = asyncio.get_running_loop()
+        acks = []
+
+        def sender(table):
+            def send_changelog(part, key, value, **kw):
+                order.append(f"{table} sent")
+                fut = loop.create_future()
+                acks.append((table, fut))
+                return fut
+            return send_changelog
+
+        w.key_state.send_changelog = sender("key")
+        w.partition_state.send_changelog = sender("partition")
+        w._core_for(0)
+        w.detector.process({**_EVENT, "ts": 1000.0}, partition=0, seq=9)
 
         async def broker():
-            await asyncio.sleep(0.05)
-            order.append("state acked")
-            ack.set_result(None)
+            for _ in range(2):
+                while not acks:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.05)
+                table, fut = acks.pop(0)
+                order.append(f"{table} acked")
+                fut.set_result(None)
 
         w._pending_commit = {tp: 10}
         w._unwritten = {0}
         await asyncio.gather(w._commit_pending(), broker())
 
     asyncio.run(main())
-    assert order == ["flush returned", "state acked", "commit"]
+    assert order == ["key sent", "flush returned", "key acked", "partition sent",
+                     "flush returned", "partition acked", "commit"]
+
