@@ -186,6 +186,9 @@ class Worker:
         # per partition: the last state-write epoch written or seen (streams/statelog.py), and
         # the keys whose "no such key" marker is committed and may now be tombstoned
         self._epoch: dict[int, int] = {}
+        # what the consumer group gives this worker now; events of anything else are left to
+        # their owner (Faust's take() buffer can still hold them after a revoke)
+        self._owned: set[Any] = set()
         self._tombstone_due: dict[int, set[bytes]] = {}
         # Held for a whole batch, and by the commit timer and the revoke handler: a batch's core
         # changes must not be written (timer) or dropped (revoke) while its alerts are in flight
@@ -233,6 +236,7 @@ class Worker:
 
     async def _on_revoked(self, sender: Any, revoked: Iterable[Any], **kwargs: Any) -> None:
         self.metrics.rebalances.inc()
+        self._owned.difference_update(revoked)
         async with self._batch_lock:   # after the batch in flight, if any, has finished
             try:   # hand over what is done; a failed commit only means re-reading (deduplicated)
                 await self._commit_pending()
@@ -250,6 +254,7 @@ class Worker:
                     self._unwritten.discard(tp.partition)
 
     async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **kwargs: Any) -> None:
+        self._owned = set(assigned)
         n = sum(1 for tp in assigned if tp.topic == self.settings.events_topic)
         self.metrics.partitions_assigned.set(n)
 
@@ -356,6 +361,17 @@ class Worker:
     async def _handle_batch(self, events: list[Any]) -> None:
         m = self.metrics
         started = time.perf_counter()
+        owned = self._owned
+        if any(ev.message.tp not in owned for ev in events):
+            # left in the take() buffer across a rebalance: the partition's owner (this worker
+            # again, if it got it back) re-reads them from the committed offset. Processing them
+            # here would write state and commit offsets for a partition another worker holds.
+            kept = [ev for ev in events if ev.message.tp in owned]
+            log.info("skipped %d buffered events of partitions no longer assigned here",
+                     len(events) - len(kept))
+            events = kept
+            if not events:
+                return
         events_topic = self.settings.events_topic
         alerts: list[dict[str, Any]] = []
         dead: list[tuple[bytes | None, bytes]] = []

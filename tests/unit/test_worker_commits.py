@@ -12,6 +12,9 @@ built but never started, and the batch and the commit are stand-ins that record 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
+
+import orjson
 
 from streams.app import Worker
 from streams.settings import load_settings
@@ -169,3 +172,29 @@ def test_offsets_commit_only_after_every_state_record_is_acked(tmp_path):
     assert order == ["key sent", "flush returned", "key acked", "partition sent",
                      "flush returned", "partition acked", "commit"]
 
+
+def test_events_left_buffered_across_a_rebalance_are_left_to_the_new_owner(tmp_path):
+    """Faust's take() buffer can hand over events of a partition after its revoke; processing
+    them would write state and commit offsets for a partition that another worker now holds."""
+    w = Worker(load_settings({"MOATWATCH_DATA_DIR": str(tmp_path / "data")}), 2)
+    p0, p1 = _tp(w.settings.events_topic, 0), _tp(w.settings.events_topic, 1)
+    asyncio.run(w._on_assigned(None, {p0, p1}))
+    w._commit_pending = _no_commit
+    asyncio.run(w._on_revoked(None, {p1}))
+
+    def event(tp, offset):
+        msg = SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=offset,
+                              key=b"k1")
+        raw = orjson.dumps({**_EVENT, "ts": 1000.0 + offset})
+        return SimpleNamespace(message=msg, value=raw)
+
+    asyncio.run(w._handle_batch([event(p1, 7)]))
+    assert w._pending_commit == {} and not w.detector.cores
+    w._commit_pending = _no_commit
+    asyncio.run(w._handle_batch([event(p1, 8), event(p0, 3)]))
+    assert w._pending_commit == {p0: 4}
+    assert set(w.detector.cores) == {0}
+
+
+async def _no_commit():
+    return None
