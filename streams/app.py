@@ -231,6 +231,7 @@ class Worker:
         app.timer(COMMIT_EVERY_S)(self._commit_timer)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_rebalance_complete.connect(self._seek_uncommitted)
         install_web(app, metrics=self.metrics, ready=lambda: readiness(app), token=s.web_token)
         return app
 
@@ -257,6 +258,41 @@ class Worker:
         self._owned = set(assigned)
         n = sum(1 for tp in assigned if tp.topic == self.settings.events_topic)
         self.metrics.partitions_assigned.set(n)
+
+    async def _seek_uncommitted(self, sender: Any, **kwargs: Any) -> None:
+        """Read input partitions that have no committed offset from their beginning.
+
+        Faust seeks the assigned partitions to their committed offsets when a rebalance ends,
+        and leaves the others where the fetcher happens to be. A partition whose previous owner
+        died before its first commit was then read from the middle, or not at all, by its next
+        owner (seen in the failover test: a partition never committed, decisions missing).
+        Nothing of such a partition was committed, so its owner must read all of it.
+        """
+        try:
+            await self._seek_uncommitted_inputs()
+        except Exception as exc:  # noqa: BLE001 - a new rebalance may have begun meanwhile
+            log.warning("could not check the input partitions for committed offsets (%r); "
+                        "the next rebalance checks again", exc)
+
+    async def _seek_uncommitted_inputs(self) -> None:
+        consumer = self.app.consumer
+        inputs = {self.settings.events_topic, f"{self.settings.app_id}-events-rekeyed"}
+        mine = [tp for tp in consumer.assignment() if tp.topic in inputs]
+        if not mine:
+            return
+        committed = {(tp.topic, tp.partition): off
+                     for tp, off in (await consumer.seek_to_committed()).items()}
+        fresh = [tp for tp in mine if committed.get((tp.topic, tp.partition)) is None]
+        if not fresh:
+            return
+        earliest = await consumer.earliest_offsets(*fresh)
+        start = {tp: max(0, earliest.get(tp) or 0) for tp in fresh}
+        for tp in fresh:
+            was = await consumer.position(tp)
+            if was != start[tp]:
+                log.info("%s[%d] has no committed offset: reading it from offset %d (the "
+                         "consumer stood at %s)", tp.topic, tp.partition, start[tp], was)
+        await consumer.seek_wait(start)
 
     # ------------------------------------------------------------ detection
     def _core_for(self, partition: int) -> Any:

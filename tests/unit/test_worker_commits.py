@@ -198,3 +198,33 @@ def test_events_left_buffered_across_a_rebalance_are_left_to_the_new_owner(tmp_p
 
 async def _no_commit():
     return None
+
+
+def test_input_partitions_never_committed_are_read_from_their_beginning(tmp_path):
+    """Faust seeks only partitions that have a committed offset when a rebalance ends; the
+    failover test saw a survivor read a partition its dead owner never committed from the end
+    (events never processed) or the middle (decisions changed)."""
+    w = Worker(load_settings({"MOATWATCH_DATA_DIR": str(tmp_path / "data")}), 2)
+    p0, p1 = _tp(w.settings.events_topic, 0), _tp(w.settings.events_topic, 1)
+    other = _tp("some-changelog", 1)
+    seeks = []
+
+    class Consumer:
+        def assignment(self):
+            return {p0, p1, other}
+
+        async def seek_to_committed(self):
+            return {p0: 120, p1: None, other: None}
+
+        async def earliest_offsets(self, *tps):
+            return {tp: 0 for tp in tps}
+
+        async def position(self, tp):
+            return 3066
+
+        async def seek_wait(self, offsets):
+            seeks.append(dict(offsets))
+
+    w.app.consumer = Consumer()
+    asyncio.run(w._seek_uncommitted(None))
+    assert seeks == [{p1: 0}]
