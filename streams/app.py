@@ -186,10 +186,10 @@ class Worker:
         # per partition: the last state-write epoch written or seen (streams/statelog.py), and
         # the keys whose "no such key" marker is committed and may now be tombstoned
         self._epoch: dict[int, int] = {}
+        self._tombstone_due: dict[int, set[bytes]] = {}
         # what the consumer group gives this worker now; events of anything else are left to
         # their owner (Faust's take() buffer can still hold them after a revoke)
         self._owned: set[Any] = set()
-        self._tombstone_due: dict[int, set[bytes]] = {}
         # Held for a whole batch, and by the commit timer and the revoke handler: a batch's core
         # changes must not be written (timer) or dropped (revoke) while its alerts are in flight
         self._batch_lock = asyncio.Lock()
