@@ -190,7 +190,6 @@ def test_events_left_buffered_across_a_rebalance_are_left_to_the_new_owner(tmp_p
 
     asyncio.run(w._handle_batch([event(p1, 7)]))
     assert w._pending_commit == {} and not w.detector.cores
-    w._commit_pending = _no_commit
     asyncio.run(w._handle_batch([event(p1, 8), event(p0, 3)]))
     assert w._pending_commit == {p0: 4}
     assert set(w.detector.cores) == {0}
