@@ -127,8 +127,9 @@ FEATURES = (
 
 #: Why each feature points toward harvesting (the sign is always "higher = more suspicious").
 DIRECTION = {
-    "harvest_share": "+ requests that are each a harvest: capability topic and an answer >= 2.5x"
-    " the prompt (a per-request conjunction, robust to cover traffic and fake follow-ups)",
+    "harvest_share": "+ requests that are each a harvest: an answer >= 2.5x the prompt to a"
+    " capability question, or to any question asked with n > 1 / logprobs (a per-request"
+    " conjunction, robust to cover traffic and fake follow-ups)",
     "cot_share": "+ chain-of-thought requests buy the reasoning traces a student model needs",
     "capability_share": "+ code/math/science/reasoning are the capabilities worth distilling",
     "capability_breadth": "+ a sweep over several capability domains, not one product task",
@@ -209,6 +210,8 @@ def apply_event(
     ks.events = n_ev + 1
 
     nsamp = ev.get("n")
+    # logprobs / n default to off in the API, so an absent field is a "no", not unknown.
+    samp = (nsamp is not None and nsamp > 1) or bool(ev.get("logprobs")) or bool(ev.get("top_logprobs"))
     status = ev["status"]
     if 200 <= status < 300:
         # Token sizes only from answered requests: a 429 or 5xx has no completion, and a
@@ -235,11 +238,14 @@ def apply_event(
         if n_ok < 1000.0:
             f[F_OK_W] = n_ok + 1.0
         # The per-event conjunction is what mixtures (cover traffic, a drifting key's old
-        # workload) cannot average away: a long answer to a short capability question. No turn
-        # condition: a real follow-up carries its history in the prompt (small ratio), a fake
-        # follow-up (turn 2 on a fresh short prompt) does not.
+        # workload) cannot average away: a long answer to a short capability question, or to a
+        # short question on any topic that asks for n > 1 samples or logprobs (a harvest of the
+        # answer distribution: a chat or instruction-following dataset is distilled too; a chat
+        # or writing app's long answers come one at a time). No turn condition: a real follow-up
+        # carries its history in the prompt (small ratio), a fake follow-up (turn 2 on a fresh
+        # short prompt) does not.
         topic = ev.get("topic")
-        harvest = lr >= _LONG_ANSWER and (topic is None or topic in _CAP_TOPIC_SET)
+        harvest = lr >= _LONG_ANSWER and (topic is None or topic in _CAP_TOPIC_SET or samp)
         f[F_HARV_W] = f[F_HARV_W] * d + 1.0
         f[F_HARV_S] = f[F_HARV_S] * d + (1.0 if harvest else 0.0)
         df = 1.0 - fast_alpha
@@ -277,8 +283,6 @@ def apply_event(
         f[F_SFAST_W] = f[F_SFAST_W] * df + 1.0
         f[F_SFAST_S] = f[F_SFAST_S] * df + (1.0 if v == 1 else 0.0)
 
-    # logprobs / n default to off in the API, so an absent field is a "no", not unknown.
-    samp = (nsamp is not None and nsamp > 1) or bool(ev.get("logprobs")) or bool(ev.get("top_logprobs"))
     f[F_SAMP_W] = f[F_SAMP_W] * d + 1.0
     f[F_SAMP_S] = f[F_SAMP_S] * d + (1.0 if samp else 0.0)
 

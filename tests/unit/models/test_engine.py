@@ -411,6 +411,33 @@ def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
     assert direction_features(harvester, 0.0, fast_weight=1.0)[h] == direction_features(harvester, 0.0)[h]
 
 
+def test_a_sampled_long_answer_is_a_harvest_on_any_topic_a_plain_one_only_on_capabilities():
+    from models.features import FEATURES, apply_event, direction_features
+    from models.keymodel import KeyState
+
+    def ev(i, topic, **kw):
+        return {"event_id": str(i), "ts": T0 + 10.0 * i, "api_key": "k", "status": 200,
+                "prompt_tokens": 60, "completion_tokens": 900, "topic": topic, **kw}
+
+    h = FEATURES.index("harvest_share")
+
+    def share(**kw):
+        ks = KeyState()
+        for i in range(64):
+            apply_event(ks, ev(i, **kw), 1 / 32, 0, 20, 96)
+        return direction_features(ks, 0.0)[h]
+
+    assert share(topic="math") == pytest.approx(1.0)
+    # long chat answers, one at a time: a chat or writing app, not a harvest
+    assert share(topic="chat") == 0.0
+    assert share(topic="writing", temperature=1.0) == 0.0
+    # the same answers asked for as n samples or with logprobs harvest the distribution
+    for kw in ({"n": 3, "completion_tokens": 2700}, {"logprobs": True}, {"top_logprobs": 5}):
+        assert share(topic="chat", **kw) == pytest.approx(1.0), kw
+    # n samples are compared one answer at a time: three short answers are not a harvest
+    assert share(topic="chat", n=3, completion_tokens=120) == 0.0
+
+
 def test_short_ratio_window_needs_a_harvest_rise_a_benign_history_and_extraction():
     from models import features as Fm
     from models.features import FEATURES, apply_event, direction_features
