@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-6"
+CAMPAIGN_MODEL_VERSION = "campaign-7"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -301,6 +301,14 @@ class CampaignConfig:
         broad group's), those in step with another member, and confirmed ones: an honest eval
         harness behind the same /24 as a campaign looks implicated on its own but is not named.
         The group is still judged on all its implicated members.
+    name_linked
+        An account, network or broad group (not a template family, whose members are linked by
+        their prompts) names only implicated members with evidence of coordination: in step
+        with another member, sharing a template family with another implicated key, new (first
+        seen within ``new_key_window``, after warm-up), or confirmed. A long-lived key that only
+        resembles the campaign's profile (an honest reasoning app behind the campaign's /24 or
+        in its cloud ASN) still counts toward the group's judgement but is the per-key
+        detector's to name.
     require_joint
         After warm-up, a group opens only with evidence that exists across keys: implicated keys
         sharing a template family, or key churn (new keys, short lifetimes). Share and
@@ -393,6 +401,7 @@ class CampaignConfig:
     sync_min_minutes: int = 20
     sync_min_overlap: int = 4
     member_harvest: float = 0.1
+    name_linked: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
@@ -403,7 +412,8 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if type(self.match_bits) is not int or not 0 <= self.match_bits <= 24:
             raise ValueError(f"match_bits must be an integer in [0, 24], got {self.match_bits!r}")
-        for name in ("require_joint", "lifetimes_all", "broad_core", "narrow_core", "burst_all_new"):
+        for name in ("require_joint", "lifetimes_all", "broad_core", "narrow_core", "burst_all_new",
+                     "name_linked"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.max_related > 100:
@@ -1334,6 +1344,7 @@ class CampaignDetector:
         synced: set[str] | frozenset[str] = frozenset(),
         imp_synced: set[str] | frozenset[str] = frozenset(),
         need: int | None = None,
+        now: float | None = None,
     ) -> list[tuple[float, str, _Key]]:
         """The members an alert names.
 
@@ -1343,19 +1354,51 @@ class CampaignDetector:
         user agent) hold many unrelated customers: they name only implicated members whose
         behaviour profile matches the implicated centroid (an honest eval harness or reasoning
         app in a cloud ASN that a campaign also uses is implicated-looking on its own, but runs
-        different tooling), and no associates.
+        different tooling), and no associates. With ``name_linked``, account, network and broad
+        groups name only implicated members with coordination evidence (:meth:`_linked`).
         """
         if etype not in _BROAD or confirmed:
             named = implicated
             if self.config.narrow_core and not confirmed and etype != "template" and len(implicated) > 2:
                 core = {m for _, m, _ in self._core(implicated, self.config.assoc_distance)}
                 named = [c for c in implicated if c[0] >= 1.0 or c[1] in core or c[1] in imp_synced]
+            if self.config.name_linked and not confirmed and etype != "template":
+                linked = self._linked(implicated, imp_synced, now)
+                named = [c for c in named if c[1] in linked]
             return named + self._associated(etype, implicated, candidates, synced, need)
         if len(implicated) < self.config.min_implicated:
-            return implicated
-        centroid = self._centroid(implicated)
-        limit = self.config.assoc_distance
-        return [c for c in implicated if c[0] >= 1.0 or _distance(c[2].vec, centroid) <= limit]
+            named = implicated
+        else:
+            centroid = self._centroid(implicated)
+            limit = self.config.assoc_distance
+            named = [c for c in implicated if c[0] >= 1.0 or _distance(c[2].vec, centroid) <= limit]
+        if self.config.name_linked:
+            linked = self._linked(implicated, imp_synced, now)
+            named = [c for c in named if c[1] in linked]
+        return named
+
+    def _linked(self, implicated: list[tuple[float, str, _Key]], imp_synced: set[str] | frozenset[str],
+                now: float | None) -> set[str]:
+        """Implicated members with evidence of coordination beyond looking alike: confirmed by an
+        analyst, in step with another member, sharing a template family with another implicated
+        key, or new (first seen within ``new_key_window``, after warm-up: the group's churn).
+        A long-lived key that only resembles the campaign's profile (an honest reasoning app in
+        the campaign's cloud ASN) is the per-key detector's to judge, not a campaign member."""
+        cfg = self.config
+        fam_count: dict[str, int] = {}
+        roots = {m: (None if k.fam is None else self._find(k.fam)) for _, m, k in implicated}
+        for r in roots.values():
+            if r is not None:
+                fam_count[r] = fam_count.get(r, 0) + 1
+        horizon = math.inf
+        if now is not None and self._start_ts is not None and now - self._start_ts >= cfg.warmup:
+            horizon = max(now - cfg.new_key_window, self._start_ts + cfg.warmup)
+        out = set()
+        for susp, m, k in implicated:
+            r = roots[m]
+            if susp >= 1.0 or m in imp_synced or (r is not None and fam_count[r] >= 2) or k.first_ts >= horizon:
+                out.add(m)
+        return out
 
     def _core(self, implicated: list[tuple[float, str, _Key]], limit: float) -> list[tuple[float, str, _Key]]:
         """The implicated members that run one tooling: those within ``assoc_distance`` of the
@@ -1468,7 +1511,7 @@ class CampaignDetector:
                 g.named = set()
                 g.quiet_since = None
                 g.severity = self._severity(score, confirmed)
-                named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced, need)
+                named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced, need, now)
                 return [self._fire(gk, g, now, score, reasons, window, named, active)]
             return []
         # episode open
@@ -1481,7 +1524,7 @@ class CampaignDetector:
         g.quiet_since = None
         sev = self._severity(score, confirmed)
         escalated = _SEV_RANK[sev] > _SEV_RANK[g.severity]
-        named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced, need)
+        named = self._named(etype, implicated, candidates, confirmed, synced, imp_synced, need, now)
         new_named = sum(1 for _, m, _ in named if m not in g.named)
         if escalated or (new_named > 0 and now - g.last_fire >= cfg.refire_interval):
             g.severity = sev if escalated else g.severity

@@ -637,6 +637,10 @@ def test_a_pair_running_one_tooling_with_key_churn_opens_a_narrow_group():
     cfg = CampaignConfig(warmup=600.0)
     assert cfg.min_implicated_alike == 2
     (a, *_) = fired(cfg)
+    # the group opens on both; it names the new key, the rotation. The old key only resembles
+    # it (an honest reasoning app behind the same /48 would too): the per-key detector's to name
+    assert a["related_entities"] == ["evil1"]
+    (a, *_) = fired(CampaignConfig(warmup=600.0, name_linked=False))
     assert set(a["related_entities"]) == {"evil0", "evil1"}
     # not two different toolings, not without churn (both keys old), not when switched off,
     # not in a template family (its pairs open by the burst rule), not in a broad group
@@ -732,3 +736,26 @@ def test_a_narrow_group_names_the_implicated_keys_of_its_core_tooling_not_an_hon
 
     assert named(CampaignConfig(warmup=0.0)) == {"evil0", "evil1", "evil2"}
     assert "harness0" in named(CampaignConfig(warmup=0.0, narrow_core=False))
+
+
+@pytest.mark.parametrize("etype", ["client_net", "asn"])
+def test_a_long_lived_look_alike_counts_for_the_group_but_only_linked_keys_are_named(etype):
+    # after warm-up, three new campaign keys rotate in behind one network; an honest reasoning
+    # app that has used the same network all along has the same behaviour profile
+    group = {"client_net": "203.0.113.0/24", "asn": "64500"}[etype]
+    warm = [snap(f"user{i}", T0 + i * 60.0, BENIGN, {etype: group}, first_ts=T0) for i in range(12)]
+    start = T0 + 2 * 3600.0
+    snaps = []
+    for r in range(4):
+        ts = start + r * 300.0
+        snaps.append(snap("app", ts, SCRAPER, {etype: group}, first_ts=T0))
+        for i in range(3):
+            snaps.append(snap(f"evil{i}", ts + 20.0 * (i + 1), SCRAPER, {etype: group}, first_ts=start))
+
+    def named(cfg):
+        alerts = firing(run(CampaignDetector(cfg), warm + snaps), etype)
+        assert alerts, "the group of four implicated keys, three of them new, must open"
+        return set().union(*(a["related_entities"] for a in alerts))
+
+    assert named(CampaignConfig(warmup=600.0)) == {"evil0", "evil1", "evil2"}
+    assert named(CampaignConfig(warmup=600.0, name_linked=False)) == {"app", "evil0", "evil1", "evil2"}
