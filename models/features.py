@@ -276,6 +276,13 @@ def apply_event(
         f[F_BATCH_S] = f[F_BATCH_S] * d + (0.0 if v else 1.0)
 
     v = ev.get("turn")
+    if v is None and f[F_TURN_W] > 0.0 and ev.get("conversation_id") is None:
+        # This key's gateway reports conversation turns (it has sent one): a request with
+        # neither a turn nor a conversation id is outside any conversation, a one-shot call. A
+        # drifting key whose old workload held conversations would otherwise keep its old
+        # single-turn share while its new script sends bare requests. A key that never sent a
+        # turn keeps it unknown.
+        v = 1
     if v is not None:
         f[F_TURN_W] = f[F_TURN_W] * d + 1.0
         f[F_SINGLE_S] = f[F_SINGLE_S] * d + (1.0 if v == 1 else 0.0)

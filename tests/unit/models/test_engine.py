@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import random
 import subprocess
@@ -436,6 +437,37 @@ def test_a_sampled_long_answer_is_a_harvest_on_any_topic_a_plain_one_only_on_cap
         assert share(topic="chat", **kw) == pytest.approx(1.0), kw
     # n samples are compared one answer at a time: three short answers are not a harvest
     assert share(topic="chat", n=3, completion_tokens=120) == 0.0
+
+
+def test_a_bare_request_is_one_shot_once_the_key_has_reported_turns():
+    from models.features import FEATURES, apply_event, direction_features
+    from models.keymodel import KeyState
+
+    def ev(i, **kw):
+        return {"event_id": str(i), "ts": T0 + 10.0 * i, "api_key": "k", "status": 200,
+                "prompt_tokens": 400, "completion_tokens": 200, **kw}
+
+    st = FEATURES.index("single_turn_share")
+    # an app holding conversations (turns 1-4), then a script sending bare requests
+    app = KeyState()
+    for i in range(64):
+        apply_event(app, ev(i, conversation_id=f"c{i // 4}", turn=i % 4 + 1), 1 / 32, 0, 20, 96)
+    before = direction_features(app, 0.0)[st]
+    for i in range(64, 96):
+        apply_event(app, ev(i), 1 / 32, 0, 20, 96)
+    assert before == pytest.approx(0.25, abs=0.05) and direction_features(app, 0.0)[st] > 0.6
+    # a request inside a conversation whose turn the gateway left out stays unknown
+    inside = KeyState()
+    for i in range(8):
+        apply_event(inside, ev(i, conversation_id="c", turn=i + 2), 1 / 32, 0, 20, 96)
+    for i in range(8, 40):
+        apply_event(inside, ev(i, conversation_id="c"), 1 / 32, 0, 20, 96)
+    assert direction_features(inside, 0.0)[st] == 0.0
+    # a gateway that never reports turns: unknown, never suspicious
+    bare = KeyState()
+    for i in range(40):
+        apply_event(bare, ev(i), 1 / 32, 0, 20, 96)
+    assert math.isnan(direction_features(bare, 0.0)[st])
 
 
 def test_short_ratio_window_needs_a_harvest_rise_a_benign_history_and_extraction():
