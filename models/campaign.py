@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-7"
+CAMPAIGN_MODEL_VERSION = "campaign-8"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -286,8 +286,10 @@ class CampaignConfig:
     template_min_matches, template_min_share
         A member below ``member_threshold`` is named by a firing template family when its
         prompts matched implicated keys' prompts at least ``template_min_matches`` times and in
-        at least ``template_min_share`` of its indexed prompts: it routinely sends the campaign's
-        templates, where a light user only now and then sends a popular prompt.
+        at least ``template_min_share`` of its indexed prompts, and it harvests (its
+        ``harvest_share``, when reported, is at least ``member_harvest``): it routinely sends the
+        campaign's templates, where a light user only now and then sends a popular prompt (one
+        the campaign's cover traffic may send too) and gets short answers.
     lifetimes_all
         Count the lifetimes of every ended member toward key churn; by default only members
         implicated when they ended count (an ordinary user's short session is no rotation).
@@ -1462,7 +1464,10 @@ class CampaignDetector:
             cfg = self.config
 
             def routine(k: _Key) -> bool:
-                return k.xmatch >= cfg.template_min_matches and k.xmatch >= cfg.template_min_share * k.nhash
+                # it sends the family's templates often, and harvests (a light user who now and
+                # then sends a popular prompt the campaign's cover traffic also sends does not)
+                return (k.xmatch >= cfg.template_min_matches and k.xmatch >= cfg.template_min_share * k.nhash
+                        and (k.harv is None or k.harv >= cfg.member_harvest))
 
             # a template family's plain members joined by matching a prompt or two: profile
             # likeness alone does not name them (a light user with a popular prompt would)

@@ -445,6 +445,28 @@ def test_keys_routinely_sending_a_firing_familys_templates_are_named_not_occasio
     assert "light" not in named
 
 
+def test_a_routine_sharer_of_a_familys_prompts_is_named_only_if_it_harvests():
+    # the campaign's cover traffic sends popular prompts that ordinary users send too: a light
+    # user matches them as often as a cover-heavy campaign key matches the templates, but its
+    # answers are short (it never harvests)
+    covered = dict(SCRAPER, cot_share=0.25, capability_share=0.5, single_turn_share=0.75, output_ratio=0.3,
+                   novelty=0.2, rate=0.9)
+
+    def named(light_harvest):
+        det = CampaignDetector(CampaignConfig(warmup=0.0))
+        snaps = template_campaign(6)
+        for r in range(3):
+            snaps.append(snap("cover", T0 + r * 600.0 + 400.0, dict(covered, harvest_share=0.4), {"asn": "as-c"},
+                              score=0.1, simhashes=templated(9, r)))
+            snaps.append(snap("light", T0 + r * 600.0 + 410.0, dict(covered, harvest_share=light_harvest),
+                              {"asn": "as-l"}, score=0.1, simhashes=templated(10, r)))
+        snaps.sort(key=lambda s: s["ts"])
+        return {k for a in firing(run(det, snaps), "template") for k in a["related_entities"]}
+
+    assert "cover" in named(0.01) and "light" not in named(0.01)
+    assert {"cover", "light"} <= named(0.3)  # the same prompts and it harvests: a campaign key
+
+
 def test_members_with_the_campaign_profile_are_named_by_association_not_honest_neighbours():
     det = CampaignDetector(CampaignConfig(warmup=0.0))
     covered = dict(SCRAPER, cot_share=0.25, capability_share=0.5, single_turn_share=0.75, output_ratio=0.5)
