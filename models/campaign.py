@@ -1387,20 +1387,25 @@ class CampaignDetector:
         A long-lived key that only resembles the campaign's profile (an honest reasoning app in
         the campaign's cloud ASN) is the per-key detector's to judge, not a campaign member."""
         cfg = self.config
-        fam_count: dict[str, int] = {}
-        roots = {m: (None if k.fam is None else self._find(k.fam)) for _, m, k in implicated}
-        for r in roots.values():
-            if r is not None:
-                fam_count[r] = fam_count.get(r, 0) + 1
+        roots, fam_count = self._families(implicated)
         horizon = math.inf
         if now is not None and self._start_ts is not None and now - self._start_ts >= cfg.warmup:
             horizon = max(now - cfg.new_key_window, self._start_ts + cfg.warmup)
         out = set()
-        for susp, m, k in implicated:
-            r = roots[m]
+        for (susp, m, k), r in zip(implicated, roots, strict=True):
             if susp >= 1.0 or m in imp_synced or (r is not None and fam_count[r] >= 2) or k.first_ts >= horizon:
                 out.add(m)
         return out
+
+    def _families(self, implicated: list[tuple[float, str, _Key]]) -> tuple[list[str | None], dict[str, int]]:
+        """Each implicated member's template family root (None without one), and how many
+        implicated members each family holds."""
+        roots = [None if k.fam is None else self._find(k.fam) for _, _, k in implicated]
+        fam_count: dict[str, int] = {}
+        for r in roots:
+            if r is not None:
+                fam_count[r] = fam_count.get(r, 0) + 1
+        return roots, fam_count
 
     def _core(self, implicated: list[tuple[float, str, _Key]], limit: float) -> list[tuple[float, str, _Key]]:
         """The implicated members that run one tooling: those within ``assoc_distance`` of the
@@ -1570,11 +1575,7 @@ class CampaignDetector:
         share_lb = _wilson_lower(n_imp + n_assoc, active)
         mean_susp = sum(s for s, _, _ in implicated) / n_imp
         # templates shared across different implicated keys
-        fam_count: dict[str, int] = {}
-        roots = [None if k.fam is None else self._find(k.fam) for _, _, k in implicated]
-        for r in roots:
-            if r is not None:
-                fam_count[r] = fam_count.get(r, 0) + 1
+        roots, fam_count = self._families(implicated)
         sharing = sum(1 for r in roots if r is not None and fam_count[r] >= 2)
         tmpl_share = sharing / n_imp
         # reasoning domains swept jointly
