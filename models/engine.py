@@ -77,12 +77,12 @@ from models import features as F
 from models.codec import decode_key, encode_key
 from models.features import FEATURES, apply_event, direction_features, raw_observations
 from models.keymodel import KeyBaseline, KeyState
-from models.policy import EpisodeTracker, scrape_score
+from models.policy import EpisodeTracker, outlier_support, scrape_score
 from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.7"
+MODEL_VERSION = "key-0.8"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -125,7 +125,15 @@ class DetectorConfig:
         much more its automation evidence then weighs, and how much machine-like arrival
         (automation) relieves that loss (models.policy.scrape_score).
     population_weight
-        How much the HalfSpaceTrees outlier score modulates the direction score.
+        How much the HalfSpaceTrees outlier score modulates the direction score:
+        ``score = s_dir * (1 + 2 * population_weight * (hst - 0.5))``.
+    population_support
+        The upward part of that modulation (an outlier key) is scaled by
+        ``min(1, outlier_support / population_support)``: being unusual counts only with
+        evidence outside content (sampling options, temperature spread, regular timing,
+        429s, volume, no streaming; :func:`models.policy.outlier_support`). An unusual
+        *content* profile is already in ``s_dir``; a reasoning product whose users ask unusual
+        questions is an outlier for that alone. 0 lets the whole boost through.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
         Adaptive threshold: the ``threshold_quantile`` of recent unflagged key scores plus
         ``threshold_margin``, clipped to [floor, ceiling].
@@ -185,6 +193,7 @@ class DetectorConfig:
     unknown_automation: float = 0.0
     unknown_relief: float = 1.0
     population_weight: float = 0.25
+    population_support: float = 0.05
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
     threshold_quantile: float = 0.995
@@ -245,6 +254,8 @@ class DetectorConfig:
              f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
         need(0.0 <= self.population_weight <= 1.0,
              f"population_weight must be in [0, 1], got {self.population_weight}")
+        need(0.0 <= self.population_support <= 1.0,
+             f"population_support must be in [0, 1], got {self.population_support}")
         need(0.0 < self.threshold_floor <= self.threshold_ceiling < 1.0,
              "need 0 < threshold_floor <= threshold_ceiling < 1, got "
              f"{self.threshold_floor}, {self.threshold_ceiling}")
@@ -393,7 +404,13 @@ class DetectionCore:
         if learn:
             pop.learn_rate(math.log1p(F.events_per_hour(ks)))
         pw = cfg.population_weight
-        score = s_dir * (1.0 - pw + 2.0 * pw * hst) if hst > 0.0 else s_dir
+        boost = 2.0 * pw * (hst - 0.5) if hst > 0.0 else 0.0
+        support = 1.0
+        if boost > 0.0 and cfg.population_support > 0.0:
+            # An outlier counts only with evidence outside content (see population_support).
+            support = min(outlier_support(vec) / cfg.population_support, 1.0)
+            boost *= support
+        score = s_dir * (1.0 + boost)
         score = min(max(score, 0.0), 1.0)
         f[F.F_SCORE] = score
         # The key's own baseline: upward Page-Hinkley over its direction score.
@@ -436,7 +453,7 @@ class DetectionCore:
                 drifted = f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
                 if drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
                     det = _DET_DRIFT
-                elif hst >= 0.7:
+                elif hst >= 0.7 and support >= 0.5:  # an outlier, with evidence beyond content
                     det = _DET_POP
                 else:
                     det = _DET_SCRAPE

@@ -28,7 +28,7 @@ import math
 from models import features as F
 from models.features import FEATURES
 
-__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "scrape_score"]
+__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "outlier_support", "scrape_score"]
 
 DETECTORS = ("key_scrape", "key_population", "key_drift")
 SEVERITIES = ("info", "warning", "critical")
@@ -59,6 +59,9 @@ AUTOMATION = (
 _GROUPS = (CONTENT, EXTRACTION, AUTOMATION)
 _GROUP_IDX = tuple(tuple((_IDX[n], w) for n, w in g) for g in _GROUPS)
 _GROUP_W = tuple(sum(w for _, w in g) for g in _GROUPS)
+#: Automation tells that corroborate a population outlier (:func:`outlier_support`): all but
+#: the duty cycle, which a busy product's human traffic fills by volume alone.
+_SUPPORT_AUTO = tuple((i, w) for i, w in _GROUP_IDX[2] if i != _IDX["duty_cycle"])
 _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
 
@@ -179,6 +182,42 @@ def scrape_score(
         if tot > 0:
             contrib = [c / tot for c in contrib]
     return min(max(score, 0.0), 1.0), contrib
+
+
+def outlier_support(vec: list[float]) -> float:
+    """Evidence outside content that a population outlier is a harvester, not an odd product.
+
+    HalfSpaceTrees sees every direction feature, so a key is an outlier mostly for what it
+    asks: a reasoning product's users ask the same capability questions, with the same CoT
+    and long answers, as a harvester. This is the extraction evidence (the noisy-OR of
+    sampling options and temperature spread, as in :func:`scrape_score`) plus the automation
+    evidence *without the duty cycle* (regular timing, 429s, volume, whole answers collected
+    without streaming; each tell's weight over the whole automation weight). The duty cycle is
+    left out because many people behind one key fill its minutes by volume alone. The engine
+    lets the outlier boost through in proportion to it (``DetectorConfig.population_support``).
+
+    Examples
+    --------
+    >>> def vec(**kw):
+    ...     return [kw.get(n, 0.0) for n in FEATURES]
+    >>> outlier_support(vec(duty_cycle=0.9, cot_share=0.8))  # a busy reasoning product
+    0.0
+    >>> round(outlier_support(vec(non_streaming_share=1.0)), 3)  # whole answers, by a program
+    0.205
+    >>> round(outlier_support(vec(sampling_share=1.0)), 2)
+    0.9
+    """
+    keep = 1.0
+    for i, w in _GROUP_IDX[1]:
+        v = vec[i]
+        if v == v:
+            keep *= 1.0 - w * v
+    s = 0.0
+    for i, w in _SUPPORT_AUTO:
+        v = vec[i]
+        if v == v:
+            s += w * v
+    return (1.0 - keep) + s / _GROUP_W[2]
 
 
 def alert_id(entity_type: str, entity: str, detector: str, episode_seq: int) -> str:

@@ -470,6 +470,69 @@ def test_a_bare_request_is_one_shot_once_the_key_has_reported_turns():
     assert math.isnan(direction_features(bare, 0.0)[st])
 
 
+def _product(rng, key, t0, t1, per_hour, **kw):
+    """Capability questions with CoT and long answers at bursty human times: a reasoning
+    product's traffic, or with ``kw`` (logprobs, no streaming) a harvester's."""
+    out, t, i = [], t0, 0
+    while t < t1:
+        t += rng.expovariate(per_hour / 3600.0) * rng.choice((0.2, 1.8))
+        out.append({"event_id": f"{key}-{i}", "ts": round(t, 3), "api_key": key, "status": 200,
+                    "prompt_tokens": rng.randint(60, 300), "completion_tokens": rng.randint(900, 2500),
+                    "turn": 1, "topic": ("code", "math", "science", "reasoning")[i % 4],
+                    "cot_request": rng.random() < 0.6, "temperature": 0.7, "stream": True,
+                    "prompt_simhash": format(rng.getrandbits(64), "016x"), **kw})
+        i += 1
+    return out
+
+
+def test_population_outlier_boost_needs_evidence_beyond_content(monkeypatch):
+    """A key the outlier model finds unusual is boosted only in proportion to its evidence
+    outside content: a streaming product at human times gets no boost for asking unusual
+    questions; the same content with logprobs and whole answers gets all of it."""
+    import models.engine as E
+
+    rng = random.Random(3)
+    t1 = T0 + 3 * 3600.0
+    ev = []
+    for j in range(8):
+        ev += human(rng, f"h{j}", T0, t1, per_hour=20.0)
+    ev += _product(rng, "k_product", T0, t1, 20.0)
+    ev += _product(rng, "k_sampler", T0, t1, 20.0, logprobs=True, stream=False)
+    ev.sort(key=lambda e: (e["ts"], e["api_key"]))
+
+    def ratios(cfg):
+        core = DetectionCore(cfg)
+        learn = core.population.score_then_learn
+        # every key looks like a strong outlier to the population model (hst 0.9)
+        monkeypatch.setattr(core.population, "score_then_learn", lambda v, h, ln: (learn(v, h, ln), 0.9)[1])
+        last = {}
+        real = E.scrape_score
+
+        def spy(*a):
+            out = real(*a)
+            last["s_dir"] = out[0]
+            return out
+
+        monkeypatch.setattr(E, "scrape_score", spy)
+        got = {}
+        for i, e in enumerate(ev):
+            ks = core.keys.get(e["api_key"])
+            before = ks.evals if ks is not None else 0
+            core.process(e, i)
+            ks = core.keys[e["api_key"]]
+            if ks.evals > before and last["s_dir"] > 0.05:
+                got.setdefault(e["api_key"], []).append(ks.f[F.F_SCORE] / last["s_dir"])
+        monkeypatch.setattr(E, "scrape_score", real)
+        return {k: v[-1] for k, v in got.items()}
+
+    full = 1.0 + 2 * 0.25 * (0.9 - 0.5)  # the boost without the support gate
+    gated = ratios(DetectorConfig())
+    ungated = ratios(DetectorConfig(population_support=0.0))
+    assert ungated["k_product"] == pytest.approx(full) and ungated["k_sampler"] == pytest.approx(full)
+    assert gated["k_product"] == pytest.approx(1.0)  # no evidence beyond content: no boost
+    assert gated["k_sampler"] == pytest.approx(full)  # logprobs and whole answers: all of it
+
+
 def test_short_ratio_window_needs_a_harvest_rise_a_benign_history_and_extraction():
     from models import features as Fm
     from models.features import FEATURES, apply_event, direction_features
