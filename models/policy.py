@@ -66,6 +66,16 @@ _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
 
 
+def _extraction(vec: list[float]) -> float:
+    """Noisy-OR of the extraction tells (unknown ones left out)."""
+    keep = 1.0
+    for i, w in _GROUP_IDX[1]:
+        v = vec[i]
+        if v == v:
+            keep *= 1.0 - w * v
+    return 1.0 - keep
+
+
 def scrape_score(
     vec: list[float],
     mix: tuple[float, float, float],
@@ -155,12 +165,7 @@ def scrape_score(
         gate *= 0.5 + 0.5 * sam
     # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep is the tell, one is
     # enough. Automation is a weighted mean: each of its tells is weak alone.
-    keep = 1.0
-    for i, w in _GROUP_IDX[1]:
-        v = vec[i]
-        if v == v:
-            keep *= 1.0 - w * v
-    extraction = 1.0 - keep
+    extraction = _extraction(vec)
     c0, c1, c2 = mix
     if unknown_automation > 0.0:
         c2 = c2 * (1.0 + unknown_automation * (1.0 - known_w / _GROUP_W[0]))
@@ -207,17 +212,12 @@ def outlier_support(vec: list[float]) -> float:
     >>> round(outlier_support(vec(sampling_share=1.0)), 2)
     0.9
     """
-    keep = 1.0
-    for i, w in _GROUP_IDX[1]:
-        v = vec[i]
-        if v == v:
-            keep *= 1.0 - w * v
     s = 0.0
     for i, w in _SUPPORT_AUTO:
         v = vec[i]
         if v == v:
             s += w * v
-    return (1.0 - keep) + s / _GROUP_W[2]
+    return _extraction(vec) + s / _GROUP_W[2]
 
 
 def alert_id(entity_type: str, entity: str, detector: str, episode_seq: int) -> str:
