@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import orjson
 import pytest
 
 from streams.evaluation import evaluate
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("evaluate_seeds", ROOT / "bench" / "evaluate_seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["evaluate_seeds"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_generates_replays_and_reports_the_cli_verdicts(tmp_path, capsys):
-    es = _load()
+def test_generates_replays_and_reports_the_cli_verdicts(tmp_path, capsys, bench_script):
+    es = bench_script("evaluate_seeds")
     sim, out, js = tmp_path / "sim", tmp_path / "out", tmp_path / "rows.json"
     assert es.main(["--sim-dir", str(sim), "--out-dir", str(out), "--seeds", "5", "--generate",
                     "--hours", "1", "--jobs", "1", "--json", str(js)]) == 0
@@ -42,8 +28,8 @@ def test_generates_replays_and_reports_the_cli_verdicts(tmp_path, capsys):
     assert "issue 3 passes on" in printed and "issue 4 on" in printed
 
 
-def test_missing_seed_says_how_to_get_it(tmp_path, capsys):
-    es = _load()
+def test_missing_seed_says_how_to_get_it(tmp_path, capsys, bench_script):
+    es = bench_script("evaluate_seeds")
     with pytest.raises(SystemExit) as exc:
         es.main(["--sim-dir", str(tmp_path), "--seeds", "7"])
     assert exc.value.code == 2

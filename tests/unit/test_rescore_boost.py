@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,16 +16,8 @@ from detection_streams import mixed_stream  # noqa: E402
 from models.engine import DetectionCore, DetectorConfig  # noqa: E402
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("rescore_boost", ROOT / "bench" / "rescore_boost.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["rescore_boost"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_rescoring_at_the_engines_own_support_gives_its_alerts(tmp_path):
-    rb = _load()
+def test_rescoring_at_the_engines_own_support_gives_its_alerts(tmp_path, bench_script):
+    rb = bench_script("rescore_boost")
     events = mixed_stream(seed=11, hours=2.0)
     src = tmp_path / "seed1.jsonl"
     src.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
@@ -59,8 +50,8 @@ def test_rescoring_at_the_engines_own_support_gives_its_alerts(tmp_path):
     assert set(offline) <= set(ungated)
 
 
-def test_rescore_without_records_says_how_to_make_them(tmp_path, capsys):
-    rb = _load()
+def test_rescore_without_records_says_how_to_make_them(tmp_path, capsys, bench_script):
+    rb = bench_script("rescore_boost")
     with pytest.raises(SystemExit) as exc:
         rb.main(["rescore", "--sim-dir", str(tmp_path), "--seeds", "3", "--rec-dir", str(tmp_path)])
     assert exc.value.code == 2
