@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 from models import engine as E  # noqa: E402
 from models.engine import DetectionCore, DetectorConfig  # noqa: E402
 from models.features import FEATURES  # noqa: E402
-from models.policy import outlier_support  # noqa: E402
+from models.policy import population_score  # noqa: E402
 from schemas import decode_event  # noqa: E402
 
 SINGLE = ("bulk_distiller", "drifter", "low_and_slow", "mimicry")
@@ -128,12 +128,9 @@ def record(events_path: Path, out_path: Path, cfg: DetectorConfig) -> int:
 def alert_times(rec: dict[str, np.ndarray], cfg: DetectorConfig, support: float) -> dict[str, list[float]]:
     """Event times of every recorded evaluation at or above the threshold after warm-up, per
     key, with the boost gated at ``support`` (the engine's own score when it is the config's)."""
-    boost = 2.0 * cfg.population_weight * (rec["hst"] - 0.5)
-    boost = np.where(rec["hst"] > 0.0, boost, 0.0)
-    if support > 0.0:
-        sup = np.array([outlier_support(list(v)) for v in rec["vec"]])
-        boost = np.where(boost > 0.0, boost * np.minimum(sup / support, 1.0), boost)
-    score = np.clip(rec["s_dir"] * (1.0 + boost), 0.0, 1.0)
+    w = cfg.population_weight
+    score = np.array([population_score(float(sd), float(h), list(v), w, support)[0]
+                      for sd, h, v in zip(rec["s_dir"], rec["hst"], rec["vec"], strict=True)])
     warm = (rec["events"] >= cfg.warmup_events) & (rec["ts"] - rec["first"] >= cfg.warmup_seconds)
     keys = rec["keys"]
     out: dict[str, list[float]] = {}

@@ -77,7 +77,7 @@ from models import features as F
 from models.codec import decode_key, encode_key
 from models.features import FEATURES, apply_event, direction_features, raw_observations
 from models.keymodel import KeyBaseline, KeyState
-from models.policy import EpisodeTracker, outlier_support, scrape_score
+from models.policy import EpisodeTracker, population_score, scrape_score
 from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
@@ -403,15 +403,8 @@ class DetectionCore:
         hst = pop.score_then_learn(vec, s_dir, learn)
         if learn:
             pop.learn_rate(math.log1p(F.events_per_hour(ks)))
-        pw = cfg.population_weight
-        boost = 2.0 * pw * (hst - 0.5) if hst > 0.0 else 0.0
-        support = 1.0
-        if boost > 0.0 and cfg.population_support > 0.0:
-            # An outlier counts only with evidence outside content (see population_support).
-            support = min(outlier_support(vec) / cfg.population_support, 1.0)
-            boost *= support
-        score = s_dir * (1.0 + boost)
-        score = min(max(score, 0.0), 1.0)
+        # An outlier counts only with evidence outside content (see population_support).
+        score, support = population_score(s_dir, hst, vec, cfg.population_weight, cfg.population_support)
         f[F.F_SCORE] = score
         # The key's own baseline: upward Page-Hinkley over its direction score.
         if warm and self.baseline.update(ks, s_dir):

@@ -28,7 +28,7 @@ import math
 from models import features as F
 from models.features import FEATURES
 
-__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "outlier_support", "scrape_score"]
+__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "outlier_support", "population_score", "scrape_score"]
 
 DETECTORS = ("key_scrape", "key_population", "key_drift")
 SEVERITIES = ("info", "warning", "critical")
@@ -218,6 +218,31 @@ def outlier_support(vec: list[float]) -> float:
         if v == v:
             s += w * v
     return _extraction(vec) + s / _GROUP_W[2]
+
+
+def population_score(s_dir: float, hst: float, vec: list[float], weight: float,
+                     support: float) -> tuple[float, float]:
+    """The key's score: ``s_dir`` modulated by the HalfSpaceTrees outlier score ``hst``.
+
+    ``score = s_dir * (1 + 2 * weight * (hst - 0.5))`` (no modulation before the trees have seen
+    a window, ``hst`` 0), where the upward part (an outlier) is scaled by
+    ``min(1, outlier_support(vec) / support)`` when ``support`` > 0. Returns the score, clipped
+    to [0, 1], and that scale (1.0 when nothing was gated).
+
+    Examples
+    --------
+    >>> v = [0.0] * len(FEATURES)
+    >>> population_score(0.3, 0.9, v, 0.25, 0.0)[0]  # ungated: x1.2
+    0.36
+    >>> population_score(0.3, 0.9, v, 0.25, 0.05)  # no evidence beyond content: no boost
+    (0.3, 0.0)
+    """
+    boost = 2.0 * weight * (hst - 0.5) if hst > 0.0 else 0.0
+    scale = 1.0
+    if boost > 0.0 and support > 0.0:
+        scale = min(outlier_support(vec) / support, 1.0)
+        boost *= scale
+    return min(max(s_dir * (1.0 + boost), 0.0), 1.0), scale
 
 
 def alert_id(entity_type: str, entity: str, detector: str, episode_seq: int) -> str:
