@@ -3,7 +3,9 @@
 ``moatwatch replay`` (a file, in process) and ``moatwatch worker`` (Kafka) differ only in where
 bytes come from and where alerts go. Everything that decides *what* is alerted lives here and in
 :mod:`models`, so for the same events (in the same per-partition order) both drivers produce
-the same per-key ``alert_id`` set.
+the same per-key ``alert_id`` set; with the campaign runner's event-time merge
+(:class:`SnapshotMerge`), the same campaign alerts too, however the worker's batches interleave
+the partitions.
 
 Partitioning is part of that contract: the population model is per input partition, so replay
 assigns keys to partitions with Kafka's own default partitioner (murmur2 of the key, the
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -29,6 +33,7 @@ __all__ = [
     "ADVANCE_EVERY_S",
     "CampaignRunner",
     "EventTimeClock",
+    "SnapshotMerge",
     "DEAD_LETTER_PREVIEW_BYTES",
     "MAX_CLOCK_JUMP_S",
     "Detector",
@@ -256,6 +261,8 @@ class Detector:
             alerts = core.process(event, seq)
         snaps = core.drain_member_snapshots()
         if snaps:
+            for snap in snaps:
+                snap["partition"] = partition   # for the campaign runner's event-time merge
             self.snapshots.extend(snaps)
         return alerts
 
@@ -274,20 +281,105 @@ class Detector:
         return total
 
 
+class SnapshotMerge:
+    """Member snapshots of several partitions, released in one event-time order.
+
+    Each partition's snapshots arrive in that partition's order, but the partitions interleave
+    differently in each driver: replay reads the file in order, the worker sends whatever its
+    batches held (one partition can run minutes of event time ahead of another while it catches
+    up). The campaign detector is order-sensitive (group evaluation times, member expiry, its
+    housekeeping grid), so without a merge the same events could make different campaigns.
+
+    A *mark* says "partition p has sent every snapshot it will make before time t". A snapshot
+    at ``ts`` is released once every partition's mark is past ``ts`` (strictly: a later event of
+    the partition at exactly its mark could still make one), in ``(ts, partition, arrival)``
+    order. So as long as each partition's events are in time order, every driver releases the
+    same sequence, whatever the interleaving. A partition marked *idle* (no data, caught up)
+    holds nothing back; a snapshot that arrives after the release has passed its time (a late
+    event, or an idle partition waking up) is released at once, in arrival order.
+
+    The buffer is bounded (``max_buffer``): past it the oldest snapshots are released without
+    waiting (counted in ``forced``), so a partition that never reports (its owner gone, no
+    rebalance yet) delays campaign detection but cannot exhaust memory.
+    """
+
+    __slots__ = ("marks", "max_buffer", "forced", "late", "released_to", "_heap", "_seq")
+
+    def __init__(self, partitions: int, max_buffer: int = 200_000) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.marks = [-math.inf] * partitions
+        self.max_buffer = max_buffer
+        self.forced = 0
+        self.late = 0
+        self.released_to = -math.inf
+        self._heap: list[tuple[float, int, int, dict[str, Any]]] = []
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, snap: dict[str, Any], partition: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (snap["ts"], partition, self._seq, snap))
+
+    def mark(self, partition: int, ts: float) -> None:
+        """Partition ``partition`` has processed its events up to ``ts`` (``inf``: idle)."""
+        marks = self.marks
+        if partition >= len(marks):
+            marks.extend([-math.inf] * (partition + 1 - len(marks)))
+        cur = marks[partition]
+        if ts > cur or cur == math.inf:
+            marks[partition] = ts
+
+    def release(self) -> list[dict[str, Any]]:
+        """The buffered snapshots every partition has passed, in event-time order."""
+        heap = self._heap
+        if not heap:
+            return []
+        upto = min(self.marks)
+        out = []
+        pop = heapq.heappop
+        while heap and (heap[0][0] < upto or heap[0][0] <= self.released_to
+                        or len(heap) > self.max_buffer):
+            ts = heap[0][0]
+            if ts < self.released_to:
+                self.late += 1      # behind what was already released: out of order, at once
+            elif not ts < upto:
+                self.forced += 1    # the buffer is full: released without waiting
+            out.append(pop(heap)[3])
+            if ts > self.released_to:
+                self.released_to = ts
+        return out
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Everything still buffered, in order (end of input)."""
+        heap = self._heap
+        out = [heapq.heappop(heap)[3] for _ in range(len(heap))]
+        if out:
+            self.released_to = max(self.released_to, out[-1]["ts"])
+        return out
+
+
 class CampaignRunner:
     """The group-level campaign detector over member snapshots, with its own event-time clock.
 
-    It sees every partition's snapshots (in replay, in order; in the worker, through one
-    single-partition snapshot topic), so its groups span the whole key space.
+    It sees every partition's snapshots, so its groups span the whole key space: in replay from
+    the one process, in the worker through one single-partition snapshot topic. With more than
+    one input partition they pass through a :class:`SnapshotMerge` first (:meth:`offer` with the
+    partitions' marks), so replay and the worker feed the detector the same sequence; with one
+    partition the order is already the partition's own and :meth:`observe` takes them directly.
     """
 
-    def __init__(self, feedback: Any = None, config: Any = None) -> None:
+    def __init__(self, feedback: Any = None, config: Any = None, *, partitions: int = 1) -> None:
         from models.campaign import CampaignDetector
 
         self.detector = CampaignDetector(config, feedback=feedback)
         self._clock = EventTimeClock()
+        self.merge = SnapshotMerge(partitions) if partitions > 1 else None
 
     def observe(self, snapshots: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Feed snapshots to the detector now, in the order given."""
         out: list[dict[str, Any]] = []
         det = self.detector
         for snap in snapshots:
@@ -297,8 +389,38 @@ class CampaignRunner:
             out.extend(det.observe(snap))
         return out
 
+    def offer(self, snapshots: Iterable[dict[str, Any]], marks: Any = None,
+              idle: Iterable[int] = ()) -> list[dict[str, Any]]:
+        """Buffer snapshots, apply the partitions' marks, feed what the merge releases.
+
+        ``marks`` maps partition -> the event time it has processed up to; ``idle`` lists
+        partitions with nothing to send. Without a merge (one partition) snapshots go straight
+        to :meth:`observe`.
+        """
+        merge = self.merge
+        if merge is None:
+            return self.observe(snapshots)
+        for snap in snapshots:
+            p = snap.get("partition")
+            merge.push(snap, p if type(p) is int and 0 <= p < 1_000_000 else 0)
+        if marks:
+            for p, ts in marks.items():
+                merge.mark(int(p), float(ts))
+        for p in idle:
+            merge.mark(int(p), math.inf)
+        return self.observe(merge.release())
+
+    def flush(self) -> list[dict[str, Any]]:
+        """End of input: feed everything the merge still holds."""
+        return self.observe(self.merge.flush()) if self.merge is not None else []
+
     def stats(self) -> dict[str, Any]:
-        return self.detector.stats()
+        out = dict(self.detector.stats())
+        if self.merge is not None:
+            out["merge_buffered"] = len(self.merge)
+            out["merge_forced"] = self.merge.forced
+            out["merge_late"] = self.merge.late
+        return out
 
 
 def encode_alert(alert: dict[str, Any]) -> bytes:

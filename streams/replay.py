@@ -88,7 +88,11 @@ def replay(
         dlq_path = base + ".dlq.jsonl"
     src, size = _open_input(events_path)
     detector = Detector(partitions, feedback=feedback)
-    runner = CampaignRunner(feedback) if campaigns else None
+    runner = CampaignRunner(feedback, partitions=partitions) if campaigns else None
+    # with several partitions, snapshots go through the runner's event-time merge, as they do
+    # in the worker: each event marks how far its partition has got
+    merge = runner.merge if runner is not None else None
+    partition_of = detector.partition_of
     summary = ReplaySummary()
     bar = Progress(size, "replay", enabled=progress)
     raw_size = not events_path.endswith(".gz")
@@ -131,10 +135,16 @@ def replay(
                 continue
             if alerts:
                 emit(alerts)
-            if runner is not None and detector.snapshots:
+            if merge is not None:
+                merge.mark(partition_of(event["api_key"]), event["ts"])
+                if detector.snapshots or len(merge):
+                    emit(runner.offer(detector.take_snapshots()))
+            elif runner is not None and detector.snapshots:
                 emit(runner.observe(detector.take_snapshots()))
             if bar.enabled and not (summary.events & 1023):
                 bar.update(src.tell() if raw_size else size * 0.5, f"{summary.events:,} ev")
+        if runner is not None:
+            emit(runner.flush())   # end of input: every partition is done
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
