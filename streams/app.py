@@ -62,6 +62,9 @@ _SHARED_VERSION = 2
 _SHARED_HEADER_V1 = struct.Struct("<Bdd")   # before epochs: read as epoch 0
 #: Member snapshots per record of the snapshot topic (a record stays far below 1 MiB).
 _SNAPSHOTS_PER_RECORD = 256
+#: Wall seconds without an event before a caught-up input partition is reported idle to the
+#: campaign runner's event-time merge, which then stops waiting for it (streams.pipeline.SnapshotMerge).
+IDLE_PARTITION_S = 5.0
 
 
 def _pack_shared(clock: tuple[float | None, float | None], shared: bytes, epoch: int = 0) -> bytes:
@@ -176,7 +179,10 @@ class Worker:
         self.partitions = partitions
         self.metrics = metrics or Metrics()
         self.detector = Detector(partitions, feedback=feedback)
-        self.campaigns = CampaignRunner(feedback)
+        self.campaigns = CampaignRunner(feedback, partitions=partitions)
+        # per input partition: wall time (monotonic) of its last processed event, for idle marks
+        self._data_seen: dict[int, float] = {}
+        self._started = time.monotonic()
         self._loaded_shared: set[int] = set()
         self._evicted_seen: dict[int, int] = {}
         self._last_offsets: dict[tuple[str, int], int] = {}
@@ -229,6 +235,8 @@ class Worker:
         app.agent(self.snapshot_topic, name="campaigns")(self._campaign_agent)
         app.timer(5.0)(self._report_stats)
         app.timer(COMMIT_EVERY_S)(self._commit_timer)
+        if self.partitions > 1:
+            app.timer(1.0)(self._idle_timer)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_rebalance_complete.connect(self._seek_uncommitted)
@@ -420,6 +428,7 @@ class Worker:
         lag_observe = m.event_lag_seconds.observe
         valid = 0
         max_ts = 0.0
+        marks: dict[int, float] = {}   # per partition: the latest event time processed
         for ev in events:
             msg = ev.message
             raw = ev.value
@@ -464,6 +473,8 @@ class Worker:
             ts = event["ts"]
             if ts > max_ts:
                 max_ts = ts
+            if ts > marks.get(part, -math.inf):
+                marks[part] = ts
             lag_observe(max(0.0, now - ts))
             observe(perf() - t0)
         m.events_consumed.inc(len(events))
@@ -481,11 +492,20 @@ class Worker:
             score_observe = m.score.observe
             for snap in snaps:
                 score_observe(snap["score"])   # every key evaluation, not only alerting ones
-            # one record per batch (a JSON array, in order) instead of one per evaluation: the
-            # topic has one partition, so the campaign agent still sees them in order
-            for i in range(0, len(snaps), _SNAPSHOTS_PER_RECORD):
-                pending.append(await self.snapshot_topic.send(
-                    key=None, value=orjson.dumps(snaps[i:i + _SNAPSHOTS_PER_RECORD])))
+        if touched:
+            seen = time.monotonic()
+            for part in touched:
+                self._data_seen[part] = seen
+        # a few records per batch (JSON objects, in order) instead of one per evaluation: the
+        # topic has one partition, so the campaign agent sees them in order. The last one
+        # carries the partitions' marks (how far each has got), for the runner's merge.
+        if snaps or (marks and self.partitions > 1):
+            last = max(0, len(snaps) - 1) // _SNAPSHOTS_PER_RECORD * _SNAPSHOTS_PER_RECORD
+            for i in range(0, max(len(snaps), 1), _SNAPSHOTS_PER_RECORD):
+                rec: dict[str, Any] = {"snapshots": snaps[i:i + _SNAPSHOTS_PER_RECORD]}
+                if i == last and self.partitions > 1:
+                    rec["marks"] = {str(p): t for p, t in marks.items()}
+                pending.append(await self.snapshot_topic.send(key=None, value=orjson.dumps(rec)))
         pending.extend(await self._send_alerts(alerts))
         # alerts, dead letters and forwards are on the broker before the state that made them
         for fut in pending:
@@ -642,9 +662,41 @@ class Worker:
         for fut in sent:
             await fut
 
+    async def _idle_timer(self) -> None:
+        """Report input partitions with nothing to process as idle to the campaign merge.
+
+        A partition is idle when no event of it was processed for ``IDLE_PARTITION_S`` and, if
+        the consumer knows its high watermark, nothing is waiting on the broker. Repeated every
+        second, so a campaign agent that restarted learns it again.
+        """
+        try:
+            async with self._batch_lock:   # after a batch's records, never between them
+                now = time.monotonic()
+                topic = self.settings.events_topic
+                try:
+                    highwater = self.app.consumer.highwater
+                except Exception:  # noqa: BLE001 - no consumer yet
+                    return
+                idle = []
+                for tp in self._owned:
+                    if tp.topic != topic:
+                        continue
+                    part = tp.partition
+                    if now - self._data_seen.get(part, self._started) < IDLE_PARTITION_S:
+                        continue
+                    hw = highwater(tp)
+                    last = self._last_offsets.get((topic, part))
+                    if hw is not None and last is not None and last + 1 < hw:
+                        continue   # events are waiting: not idle, only slow
+                    idle.append(part)
+                if idle:
+                    await self.snapshot_topic.send(key=None, value=orjson.dumps({"idle": idle}))
+        except Exception as exc:  # noqa: BLE001 - a missed idle mark only delays campaigns
+            log.debug("idle marks not sent: %r", exc)
+
     async def _campaign_agent(self, stream: Any) -> None:
         async for values in stream.take(self.settings.batch_max, within=self.settings.batch_within):
-            snaps = []
+            alerts = []
             for v in values:
                 try:
                     got = orjson.loads(v)
@@ -652,12 +704,21 @@ class Worker:
                     log.warning("skipping an unreadable member snapshot record (%d bytes)",
                                 len(v or b""))
                     continue
-                # a record is one batch's snapshots (a list); a lone object is accepted too
-                if isinstance(got, list):
-                    snaps.extend(s for s in got if isinstance(s, dict))
+                if isinstance(got, dict) and ("snapshots" in got or "marks" in got or "idle" in got):
+                    # a batch's snapshots with its partitions' marks, or an idle mark
+                    snaps = got.get("snapshots")
+                    marks = got.get("marks")
+                    idle = got.get("idle")
+                    alerts.extend(self.campaigns.offer(
+                        [x for x in snaps if isinstance(x, dict)] if isinstance(snaps, list) else [],
+                        _valid_marks(marks),
+                        [p for p in idle if type(p) is int and 0 <= p < 1_000_000]
+                        if isinstance(idle, list) else ()))
+                # older records: a bare list of snapshots, or one snapshot
+                elif isinstance(got, list):
+                    alerts.extend(self.campaigns.observe(x for x in got if isinstance(x, dict)))
                 elif isinstance(got, dict):
-                    snaps.append(got)
-            alerts = self.campaigns.observe(snaps)
+                    alerts.extend(self.campaigns.observe([got]))
             for fut in await self._send_alerts(alerts):
                 await fut
 
@@ -673,6 +734,12 @@ class Worker:
                 counter.inc(delta)
             self._last_totals[name] = st[name]
         m.state_bytes.set(st["state_bytes"] + camp.get("state_bytes", 0))
+        m.merge_buffered.set(camp.get("merge_buffered", 0))
+        for reason in ("late", "forced"):
+            delta = camp.get(f"merge_{reason}", 0) - self._last_totals.get(f"merge_{reason}", 0)
+            if delta > 0:
+                m.merge_out_of_order.labels(reason).inc(delta)
+            self._last_totals[f"merge_{reason}"] = camp.get(f"merge_{reason}", 0)
         m.open_episodes.set(st["open_episodes"] + camp.get("open_episodes", 0))
         m.recovery_complete.set(1 if recovery_complete(self.app) else 0)
         consumer = self.app.consumer
@@ -687,6 +754,17 @@ class Worker:
                     m.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
             log.debug("consumer lag not available: %r", exc)
+
+
+def _valid_marks(marks: Any) -> dict[int, float]:
+    """Partition -> event time from a snapshot record's ``marks``; anything malformed dropped."""
+    out: dict[int, float] = {}
+    if isinstance(marks, dict):
+        for p, ts in marks.items():
+            if isinstance(p, str) and p.isdigit() and len(p) < 7 and type(ts) in (int, float) \
+                    and math.isfinite(ts):
+                out[int(p)] = float(ts)
+    return out
 
 
 def create_worker(settings: Settings, *, feedback: Any = None) -> Worker:

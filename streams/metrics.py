@@ -142,6 +142,16 @@ class Metrics:
         self.score = Histogram(
             "moatwatch_key_score", "Distillation score of a key after each update, 0..1.",
             buckets=SCORE_BUCKETS, registry=r)
+        self.merge_buffered = Gauge(
+            "moatwatch_campaign_snapshots_buffered",
+            "Member snapshots the campaign runner holds until every input partition has passed "
+            "their event time.", registry=r)
+        self.merge_out_of_order = Counter(
+            "moatwatch_campaign_snapshots_out_of_order",
+            "Member snapshots fed to the campaign detector out of event-time order: late (behind "
+            "what was already fed) or forced (the merge buffer was full).", ["reason"], registry=r)
+        for reason in ("late", "forced"):
+            self.merge_out_of_order.labels(reason)
         self.recovery_complete = Gauge(
             "moatwatch_table_recovery_complete",
             "1 when table state recovery from changelogs is complete, else 0.", registry=r)

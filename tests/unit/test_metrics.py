@@ -34,6 +34,8 @@ EXPECTED = {
     "moatwatch_keys_evicted": ("counter", set()),
     "moatwatch_key_score": ("histogram", set()),
     "moatwatch_table_recovery_complete": ("gauge", set()),
+    "moatwatch_campaign_snapshots_buffered": ("gauge", set()),
+    "moatwatch_campaign_snapshots_out_of_order": ("counter", {"reason"}),
     "moatwatch_partitions_assigned": ("gauge", set()),
     "moatwatch_rebalances": ("counter", set()),
     "moatwatch_dlq_published": ("counter", set()),
