@@ -215,6 +215,14 @@ def overview() -> dashboard.Dashboard:
         "Invalid share", "Fraction of consumed events that were invalid.", "percentunit",
         q(f"sum({rate('moatwatch_events_invalid_total')}) / "
           f"clamp_min(sum({rate('moatwatch_events_consumed_total')}), 1e-9)", "invalid share")))
+    d = d.with_panel(ts(
+        "Campaign merge", "Member snapshots the campaign runner holds until every input "
+        "partition has passed their event time (grows while a partition lags or stops "
+        "reporting), and snapshots per second fed out of event-time order (late input, or a "
+        "full buffer): campaign alerts may then differ from a replay.", "short",
+        q(f"sum(moatwatch_campaign_snapshots_buffered{{{SEL}}})", "buffered"),
+        q(f"sum by (reason) ({rate('moatwatch_campaign_snapshots_out_of_order_total')})",
+          "out of order/s {{reason}}"), w=24))
 
     # --- latency -------------------------------------------------------------------------
     d = d.with_row(dashboard.Row("Latency"))

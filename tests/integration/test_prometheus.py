@@ -111,6 +111,8 @@ class SimulatedWorker:
         m.tracked_keys.set(1000 + rng.randint(0, 50))
         m.state_bytes.set(1_200_000 + rng.randint(0, 60_000))
         m.keys_evicted.inc(rng.randint(0, 2))
+        m.merge_buffered.set(rng.randint(0, 300))
+        m.merge_out_of_order.labels(rng.choice(("late", "forced"))).inc(rng.randint(0, 1))
         m.last_event_timestamp.set(time.time())
 
     def run(self) -> None:
