@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-8"
+CAMPAIGN_MODEL_VERSION = "campaign-9"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -311,6 +311,12 @@ class CampaignConfig:
         resembles the campaign's profile (an honest reasoning app behind the campaign's /24 or
         in its cloud ASN) still counts toward the group's judgement but is the per-key
         detector's to name.
+    rotation_floor
+        In an account or network group with a *new* implicated key (first seen within
+        ``new_key_window``, after warm-up), other new members at or above this suspicion that
+        harvest and run the implicated keys' tooling (within ``assoc_distance`` of their
+        centroid profile) count as implicated: a rotation's fresh keys, each still hiding in
+        its cover traffic, behind one network. 1.0 switches it off.
     require_joint
         After warm-up, a group opens only with evidence that exists across keys: implicated keys
         sharing a template family, or key churn (new keys, short lifetimes). Share and
@@ -404,6 +410,7 @@ class CampaignConfig:
     sync_min_overlap: int = 4
     member_harvest: float = 0.1
     name_linked: bool = True
+    rotation_floor: float = 0.4
 
     def __post_init__(self) -> None:
         for name in ("max_groups", "max_members_per_group", "max_keys", "min_implicated", "max_related",
@@ -436,7 +443,7 @@ class CampaignConfig:
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, got {v!r}")
         for name in ("member_threshold", "min_share", "open_score", "close_score", "fp_raise",
                      "assoc_floor", "assoc_distance", "template_min_share", "link_threshold",
-                     "new_suspicion", "member_harvest", "sync_p"):
+                     "new_suspicion", "member_harvest", "sync_p", "rotation_floor"):
             v = getattr(self, name)
             if type(v) not in (int, float) or not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -615,6 +622,8 @@ class _Group:
 
 #: Grouping types shared by many unrelated customers (a cloud ASN, an SDK's default user agent).
 _BROAD = ("asn", "user_agent")
+#: Narrow groups joined by infrastructure, not by prompts (rotation_floor applies to them).
+_NARROW_NET = ("account", "client_net")
 #: Groups whose members are compared for synchronised timing: one customer's own accounts and
 #: networks. A template family is already linked by content; broad groups hold unrelated
 #: customers, where chance coincidences grow with the member count.
@@ -1397,6 +1406,32 @@ class CampaignDetector:
                 out.add(m)
         return out
 
+    def _rotation(
+        self, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]], now: float,
+    ) -> tuple[list[tuple[float, str, _Key]], list[tuple[float, str, _Key]]]:
+        """Move a rotation's new look-alike members from ``candidates`` to ``implicated``
+        (``rotation_floor``): only when an implicated key is itself new, after warm-up."""
+        cfg = self.config
+        if self._start_ts is None or now - self._start_ts < cfg.warmup:
+            return implicated, candidates
+        horizon = max(now - cfg.new_key_window, self._start_ts + cfg.warmup)
+        anchors = [x for x in implicated if x[2].first_ts >= horizon]
+        if not anchors:
+            return implicated, candidates
+        centroid = self._centroid(anchors)
+        moved, kept = [], []
+        for c in candidates:
+            k = c[2]
+            if (c[0] >= cfg.rotation_floor and k.first_ts >= horizon
+                    and (k.harv is None or k.harv >= cfg.member_harvest)
+                    and _distance(k.vec, centroid) <= cfg.assoc_distance):
+                moved.append(c)
+            else:
+                kept.append(c)
+        if not moved:
+            return implicated, candidates
+        return implicated + moved, kept
+
     def _families(self, implicated: list[tuple[float, str, _Key]]) -> tuple[list[str | None], dict[str, int]]:
         """Each implicated member's template family root (None without one), and how many
         implicated members each family holds."""
@@ -1491,6 +1526,9 @@ class CampaignDetector:
             return []
         confirmed = verdict == "confirmed"
         active, implicated, candidates, rest = self._member_view(g, now, confirmed)
+        if (etype in _NARROW_NET and not confirmed and implicated and candidates
+                and cfg.rotation_floor < cfg.member_threshold):
+            implicated, candidates = self._rotation(implicated, candidates, now)
         if etype in _BROAD and not confirmed and cfg.broad_core:
             implicated = self._core(implicated, cfg.assoc_distance)
         # members in step with an implicated key (one orchestrator's rounds), whatever their

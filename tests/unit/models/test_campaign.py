@@ -781,3 +781,40 @@ def test_a_long_lived_look_alike_counts_for_the_group_but_only_linked_keys_are_n
 
     assert named(CampaignConfig(warmup=600.0)) == {"evil0", "evil1", "evil2"}
     assert named(CampaignConfig(warmup=600.0, name_linked=False)) == {"app", "evil0", "evil1", "evil2"}
+
+
+def test_a_rotations_new_look_alike_keys_count_as_implicated_in_a_network_group():
+    # behind one /24, after warm-up: one new key implicated on its own and two new keys of the
+    # same tooling that still hide in their cover traffic (suspicion 0.45 each): a rotation
+    warm = [snap("old", T0 + i * 100.0, BENIGN, {"asn": "1"}) for i in range(10)]
+    start = T0 + 2 * 3600.0
+    loud = dict(SCRAPER, harvest_share=0.6)
+    mild = dict(SCRAPER, cot_share=0.3, capability_share=0.55, output_ratio=0.4,
+                single_turn_share=0.7, harvest_share=0.3)
+
+    def fired(cfg, feats=(loud, mild, mild), first=(start, start, start)):
+        snaps = []
+        for r in range(4):
+            for i in range(3):
+                ts = start + r * 300.0 + i * 30.0
+                snaps.append(snap(f"k{i}", ts, feats[i], {"client_net": "198.51.100.0/24"},
+                                  first_ts=first[i], score=0.2))
+        return firing(run(CampaignDetector(cfg), warm + snaps), "client_net")
+
+    on = CampaignConfig(warmup=600.0, rotation_floor=0.4)
+    got = fired(on)
+    # it opens on the first look-alike (two of one tooling, with churn: the pair rule) and
+    # names the second at a re-fire of the same episode
+    assert {m for a in got for m in a["related_entities"]} == {"k0", "k1", "k2"}
+    assert len({a["alert_id"] for a in got}) == 1
+    for a in got:
+        validate_alert(a)
+    # off, the lone implicated key is the per-key detector's business
+    assert fired(CampaignConfig(warmup=600.0, rotation_floor=1.0)) == []
+    # not look-alikes of long standing (honest neighbours), not an old implicated key, not
+    # below the floor, not members that never harvest
+    assert fired(on, first=(start, start - 7200.0, start - 7200.0)) == []
+    assert fired(on, first=(start - 7200.0, start, start)) == []
+    assert fired(CampaignConfig(warmup=600.0, rotation_floor=0.46)) == []
+    never = dict(mild, harvest_share=0.0)
+    assert fired(on, feats=(loud, never, never)) == []
