@@ -281,6 +281,11 @@ class Detector:
         return total
 
 
+def _snapshot_time_ok(snap: Any) -> bool:
+    ts = snap.get("ts") if isinstance(snap, dict) else None
+    return type(ts) in (int, float) and math.isfinite(ts)
+
+
 class SnapshotMerge:
     """Member snapshots of several partitions, released in one event-time order.
 
@@ -377,12 +382,16 @@ class CampaignRunner:
         self.detector = CampaignDetector(config, feedback=feedback)
         self._clock = EventTimeClock()
         self.merge = SnapshotMerge(partitions) if partitions > 1 else None
+        self.dropped = 0   # snapshots without a finite event time (malformed topic records)
 
     def observe(self, snapshots: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """Feed snapshots to the detector now, in the order given."""
         out: list[dict[str, Any]] = []
         det = self.detector
         for snap in snapshots:
+            if not _snapshot_time_ok(snap):
+                self.dropped += 1   # from a topic: no time, no place in event time
+                continue
             grid = self._clock.due(snap["ts"])
             if grid is not None:
                 out.extend(det.advance(grid))
@@ -401,6 +410,9 @@ class CampaignRunner:
         if merge is None:
             return self.observe(snapshots)
         for snap in snapshots:
+            if not _snapshot_time_ok(snap):
+                self.dropped += 1
+                continue
             p = snap.get("partition")
             merge.push(snap, p if type(p) is int and 0 <= p < 1_000_000 else 0)
         if marks:
@@ -416,6 +428,7 @@ class CampaignRunner:
 
     def stats(self) -> dict[str, Any]:
         out = dict(self.detector.stats())
+        out["snapshots_dropped"] = self.dropped
         if self.merge is not None:
             out["merge_buffered"] = len(self.merge)
             out["merge_forced"] = self.merge.forced

@@ -147,3 +147,17 @@ def test_campaign_alerts_do_not_depend_on_how_partitions_interleave(traffic, tmp
         got.extend(runner.flush())
         assert lead > 600, "the interleaving must put partitions minutes apart"
         assert _group_alerts(got) == want, trial
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_runner_drops_snapshots_without_a_usable_time(parts):
+    """Snapshot records come from a topic: a record without a finite ``ts`` is dropped and
+    counted, never a crash of the campaign agent."""
+    runner = CampaignRunner(partitions=parts)
+    bad = [{"api_key": "a"}, {"api_key": "b", "ts": "soon"}, {"api_key": "c", "ts": float("nan")},
+           {"api_key": "d", "ts": None}, "not a dict"]
+    good = {"api_key": "e", "ts": 100.0, "partition": 0}
+    runner.offer([b for b in bad if isinstance(b, dict)] + [good], {p: 200.0 for p in range(parts)})
+    runner.observe([{"api_key": "f", "ts": [1]}])
+    assert runner.stats()["snapshots_dropped"] == 5
+    runner.flush()
