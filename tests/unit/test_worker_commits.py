@@ -188,11 +188,22 @@ def test_events_left_buffered_across_a_rebalance_are_left_to_the_new_owner(tmp_p
         raw = orjson.dumps({**_EVENT, "ts": 1000.0 + offset})
         return SimpleNamespace(message=msg, value=raw)
 
+    sent = []
+
+    async def send(key, value):   # the snapshot topic, without a broker
+        sent.append(orjson.loads(value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+    w.snapshot_topic.send = send
     asyncio.run(w._handle_batch([event(p1, 7)]))
-    assert w._pending_commit == {} and not w.detector.cores
+    assert w._pending_commit == {} and not w.detector.cores and sent == []
     asyncio.run(w._handle_batch([event(p1, 8), event(p0, 3)]))
     assert w._pending_commit == {p0: 4}
     assert set(w.detector.cores) == {0}
+    # the campaign merge hears how far partition 0 got, and nothing of the revoked partition 1
+    assert sent == [{"snapshots": [], "marks": {"0": 1003.0}}]
 
 
 async def _no_commit():
