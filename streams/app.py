@@ -706,14 +706,10 @@ class Worker:
                     continue
                 if isinstance(got, dict) and ("snapshots" in got or "marks" in got or "idle" in got):
                     # a batch's snapshots with its partitions' marks, or an idle mark
-                    snaps = got.get("snapshots")
-                    marks = got.get("marks")
-                    idle = got.get("idle")
+                    snaps, idle = got.get("snapshots"), got.get("idle")
                     alerts.extend(self.campaigns.offer(
                         [x for x in snaps if isinstance(x, dict)] if isinstance(snaps, list) else [],
-                        _valid_marks(marks),
-                        [p for p in idle if type(p) is int and 0 <= p < 1_000_000]
-                        if isinstance(idle, list) else ()))
+                        got.get("marks"), idle if isinstance(idle, list) else ()))
                 # older records: a bare list of snapshots, or one snapshot
                 elif isinstance(got, list):
                     alerts.extend(self.campaigns.observe(x for x in got if isinstance(x, dict)))
@@ -754,17 +750,6 @@ class Worker:
                     m.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
             log.debug("consumer lag not available: %r", exc)
-
-
-def _valid_marks(marks: Any) -> dict[int, float]:
-    """Partition -> event time from a snapshot record's ``marks``; anything malformed dropped."""
-    out: dict[int, float] = {}
-    if isinstance(marks, dict):
-        for p, ts in marks.items():
-            if isinstance(p, str) and p.isdigit() and len(p) < 7 and type(ts) in (int, float) \
-                    and math.isfinite(ts):
-                out[int(p)] = float(ts)
-    return out
 
 
 def create_worker(settings: Settings, *, feedback: Any = None) -> Worker:

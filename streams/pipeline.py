@@ -281,6 +281,13 @@ class Detector:
         return total
 
 
+def _partition_number(p: Any) -> int | None:
+    """A partition number from a snapshot record (an int, or a decimal string as a JSON key)."""
+    if type(p) is str and p.isdigit() and len(p) < 7:
+        return int(p)
+    return p if type(p) is int and 0 <= p < 1_000_000 else None
+
+
 def _snapshot_time_ok(snap: Any) -> bool:
     ts = snap.get("ts") if isinstance(snap, dict) else None
     return type(ts) in (int, float) and math.isfinite(ts)
@@ -402,9 +409,10 @@ class CampaignRunner:
               idle: Iterable[int] = ()) -> list[dict[str, Any]]:
         """Buffer snapshots, apply the partitions' marks, feed what the merge releases.
 
-        ``marks`` maps partition -> the event time it has processed up to; ``idle`` lists
-        partitions with nothing to send. Without a merge (one partition) snapshots go straight
-        to :meth:`observe`.
+        ``marks`` maps partition (an int, or its decimal string as in a JSON record) -> the
+        event time it has processed up to; ``idle`` lists partitions with nothing to send. Both
+        may come from a topic: entries that are not a partition number and a finite time are
+        ignored. Without a merge (one partition) snapshots go straight to :meth:`observe`.
         """
         merge = self.merge
         if merge is None:
@@ -413,13 +421,17 @@ class CampaignRunner:
             if not _snapshot_time_ok(snap):
                 self.dropped += 1
                 continue
-            p = snap.get("partition")
-            merge.push(snap, p if type(p) is int and 0 <= p < 1_000_000 else 0)
-        if marks:
+            p = _partition_number(snap.get("partition"))
+            merge.push(snap, 0 if p is None else p)
+        if isinstance(marks, dict):
             for p, ts in marks.items():
-                merge.mark(int(p), float(ts))
+                p = _partition_number(p)
+                if p is not None and type(ts) in (int, float) and math.isfinite(ts):
+                    merge.mark(p, float(ts))
         for p in idle:
-            merge.mark(int(p), math.inf)
+            p = _partition_number(p)
+            if p is not None:
+                merge.mark(p, math.inf)
         return self.observe(merge.release())
 
     def flush(self) -> list[dict[str, Any]]:

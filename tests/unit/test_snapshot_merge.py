@@ -161,3 +161,13 @@ def test_runner_drops_snapshots_without_a_usable_time(parts):
     runner.observe([{"api_key": "f", "ts": [1]}])
     assert runner.stats()["snapshots_dropped"] == 5
     runner.flush()
+
+
+def test_runner_ignores_malformed_marks_from_a_topic():
+    runner = CampaignRunner(partitions=2)
+    runner.offer([{"api_key": "a", "ts": 10.0, "partition": "1"}],
+                 {"0": 50.0, "x": 60.0, "1": "late", "2": float("inf")}, idle=["a", -1, None])
+    assert runner.merge.marks == [50.0, -math.inf]
+    assert len(runner.merge) == 1   # partition 1 has not reported a usable mark
+    runner.offer([], {1: 20})
+    assert len(runner.merge) == 0
