@@ -1395,16 +1395,21 @@ class CampaignDetector:
         key, or new (first seen within ``new_key_window``, after warm-up: the group's churn).
         A long-lived key that only resembles the campaign's profile (an honest reasoning app in
         the campaign's cloud ASN) is the per-key detector's to judge, not a campaign member."""
-        cfg = self.config
         roots, fam_count = self._families(implicated)
-        horizon = math.inf
-        if now is not None and self._start_ts is not None and now - self._start_ts >= cfg.warmup:
-            horizon = max(now - cfg.new_key_window, self._start_ts + cfg.warmup)
+        horizon = self._new_since(now) if now is not None else math.inf
         out = set()
         for (susp, m, k), r in zip(implicated, roots, strict=True):
             if susp >= 1.0 or m in imp_synced or (r is not None and fam_count[r] >= 2) or k.first_ts >= horizon:
                 out.add(m)
         return out
+
+    def _new_since(self, now: float) -> float:
+        """A key first seen at or after this time is *new* (the group's churn): within
+        ``new_key_window`` and after warm-up. Infinite during warm-up, when every key is new."""
+        cfg = self.config
+        if self._start_ts is None or now - self._start_ts < cfg.warmup:
+            return math.inf
+        return max(now - cfg.new_key_window, self._start_ts + cfg.warmup)
 
     def _rotation(
         self, implicated: list[tuple[float, str, _Key]], candidates: list[tuple[float, str, _Key]], now: float,
@@ -1412,9 +1417,7 @@ class CampaignDetector:
         """Move a rotation's new look-alike members from ``candidates`` to ``implicated``
         (``rotation_floor``): only when an implicated key is itself new, after warm-up."""
         cfg = self.config
-        if self._start_ts is None or now - self._start_ts < cfg.warmup:
-            return implicated, candidates
-        horizon = max(now - cfg.new_key_window, self._start_ts + cfg.warmup)
+        horizon = self._new_since(now)
         anchors = [x for x in implicated if x[2].first_ts >= horizon]
         if not anchors:
             return implicated, candidates
@@ -1622,11 +1625,9 @@ class CampaignDetector:
         )
         breadths = [k.breadth for _, _, k in implicated if k.breadth is not None]
         # key churn: new keys, short lifetimes
-        warm = self._start_ts is not None and now - self._start_ts >= cfg.warmup
-        new_keys = 0
-        if warm:
-            horizon = max(now - cfg.new_key_window, (self._start_ts or 0.0) + cfg.warmup)
-            new_keys = sum(1 for _, _, k in implicated if k.first_ts >= horizon)
+        horizon = self._new_since(now)
+        warm = horizon < math.inf
+        new_keys = sum(1 for _, _, k in implicated if k.first_ts >= horizon)
         new_share = new_keys / n_imp
         life_med = _median([t for _, t in g.lifetimes]) if len(g.lifetimes) >= 3 else None
         short_life = 1.0 if life_med is not None and life_med < cfg.short_lifetime else 0.0
