@@ -420,7 +420,6 @@ class Worker:
         alerts: list[dict[str, Any]] = []
         dead: list[tuple[bytes | None, bytes]] = []
         forwards: list[tuple[bytes, bytes]] = []
-        touched: set[int] = set()
         now = time.time()
         process = self.detector.process
         perf = time.perf_counter
@@ -428,7 +427,8 @@ class Worker:
         lag_observe = m.event_lag_seconds.observe
         valid = 0
         max_ts = 0.0
-        marks: dict[int, float] = {}   # per partition: the latest event time processed
+        # per partition with valid events in this batch: the latest event time processed
+        marks: dict[int, float] = {}
         for ev in events:
             msg = ev.message
             raw = ev.value
@@ -468,7 +468,6 @@ class Worker:
                     "topic": msg.topic, "partition": msg.partition, "offset": msg.offset})
                 dead.append((msg.key, orjson.dumps(rec)))
                 continue
-            touched.add(part)
             valid += 1
             ts = event["ts"]
             if ts > max_ts:
@@ -492,9 +491,9 @@ class Worker:
             score_observe = m.score.observe
             for snap in snaps:
                 score_observe(snap["score"])   # every key evaluation, not only alerting ones
-        if touched:
+        if marks:
             seen = time.monotonic()
-            for part in touched:
+            for part in marks:
                 self._data_seen[part] = seen
         # a few records per batch (JSON objects, in order) instead of one per evaluation: the
         # topic has one partition, so the campaign agent sees them in order. The last one
@@ -513,7 +512,7 @@ class Worker:
         m.dlq_published.inc(len(dead))
         # state is written once per commit interval (see _commit_pending), not per batch: a
         # busy key changes in many batches a second but needs one changelog record per commit
-        self._unwritten |= touched
+        self._unwritten |= marks.keys()
         pending = self._pending_commit
         for ev in events:
             tp = ev.message.tp
@@ -723,19 +722,20 @@ class Worker:
         st = self.detector.stats()
         camp = self.campaigns.stats()
         m.tracked_keys.set(st["tracked_keys"])
-        # the cores count cumulatively; a revoked partition takes its counts with it
-        for name, counter in (("evicted_total", m.keys_evicted), ("duplicates_total", m.duplicates)):
-            delta = st[name] - self._last_totals.get(name, 0)
+        # the cores and the merge count cumulatively (a revoked partition takes its counts with
+        # it): the counters get the increase since the last report
+        for name, total, counter in (
+            ("evicted_total", st["evicted_total"], m.keys_evicted),
+            ("duplicates_total", st["duplicates_total"], m.duplicates),
+            ("merge_late", camp.get("merge_late", 0), m.merge_out_of_order.labels("late")),
+            ("merge_forced", camp.get("merge_forced", 0), m.merge_out_of_order.labels("forced")),
+        ):
+            delta = total - self._last_totals.get(name, 0)
             if delta > 0:
                 counter.inc(delta)
-            self._last_totals[name] = st[name]
+            self._last_totals[name] = total
         m.state_bytes.set(st["state_bytes"] + camp.get("state_bytes", 0))
         m.merge_buffered.set(camp.get("merge_buffered", 0))
-        for reason in ("late", "forced"):
-            delta = camp.get(f"merge_{reason}", 0) - self._last_totals.get(f"merge_{reason}", 0)
-            if delta > 0:
-                m.merge_out_of_order.labels(reason).inc(delta)
-            self._last_totals[f"merge_{reason}"] = camp.get(f"merge_{reason}", 0)
         m.open_episodes.set(st["open_episodes"] + camp.get("open_episodes", 0))
         m.recovery_complete.set(1 if recovery_complete(self.app) else 0)
         consumer = self.app.consumer
