@@ -24,7 +24,7 @@ from models.keymodel import KeyState
 
 __all__ = ["KEY_FORMAT_VERSION", "decode_key", "encode_key"]
 
-KEY_FORMAT_VERSION = 3
+KEY_FORMAT_VERSION = 4
 _MAGIC = b"MWK"
 # seq, events, last_min, mask, since_eval, ring_pos, bloom_n, bloom_gen, ep_seq, ep_sev,
 # ep_det, ep_events, evals

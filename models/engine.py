@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.8"
+MODEL_VERSION = "key-0.9"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -114,6 +114,11 @@ class DetectorConfig:
         baseline is below ``threshold_floor - resolve_margin`` (its history was benign) has its
         answer/prompt ratio raised toward the short-window mean, in proportion to its extraction
         evidence (:func:`models.features._fast_ratio`).
+    change_h
+        Change points (0 = off): each fast share also runs a one-sided Bernoulli CUSUM against
+        the key's own long share (H1 halfway to 1); past ``change_h + log(1 + events)`` the
+        share since the CUSUM last restarted counts (:func:`models.features._cusum`). A key
+        that never harvested shows three or four harvests in a row at once.
     dup_bits, template_bits
         SimHash Hamming distance for a near-duplicate / a same-template prompt.
     bloom_rotate
@@ -185,6 +190,7 @@ class DetectorConfig:
     fast_z: float = 1.5
     fast_shares: bool = True
     fast_ratio: bool = True
+    change_h: float = 2.3
     dup_bits: int = 0
     template_bits: int = 20
     bloom_rotate: int = 96
@@ -267,6 +273,7 @@ class DetectorConfig:
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
         need(self.ph_threshold > 0, f"ph_threshold must be > 0, got {self.ph_threshold}")
+        need(0.0 <= self.change_h < 50.0, f"change_h must be in [0, 50) (0 = off), got {self.change_h}")
         need(self.eval_every_events <= 10_000, "eval_every_events must be <= 10000")
 
 
@@ -393,7 +400,7 @@ class DetectionCore:
         ks.evals += 1
         pop = self.population
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha, cfg.fast_z,
-                                  cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks))
+                                  cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation, cfg.unknown_relief)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
@@ -520,7 +527,7 @@ class DetectionCore:
             pop = self.population
             vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight, self.config.fast_weight,
                                      self.config.fast_alpha, self.config.fast_z, self.config.fast_shares,
-                                     self.config.fast_ratio, self._benign_base(ks))
+                                     self.config.fast_ratio, self._benign_base(ks), self.config.change_h)
             _, contrib = scrape_score(
                 vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation,
                 self.config.unknown_relief,

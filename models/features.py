@@ -95,7 +95,12 @@ F_CFAST_S = 57
 F_SFAST_W = 58  # ... and for single-turn requests
 F_SFAST_S = 59
 F_RFAST = 60  # EW mean of log(completion/prompt) over the short horizon (answered requests)
-NF = 61
+# Change points (key-0.9): a one-sided Bernoulli CUSUM per short-window share (harvest,
+# cot_request, single-turn), each as (statistic, events since it was last 0, of which hits).
+F_HCP = 61
+F_CCP = 64
+F_SCP = 67
+NF = 70
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
@@ -246,6 +251,7 @@ def apply_event(
         # short prompt) does not.
         topic = ev.get("topic")
         harvest = lr >= _LONG_ANSWER and (topic is None or topic in _CAP_TOPIC_SET or samp)
+        _cusum(f, F_HCP, harvest, f[F_HARV_S], f[F_HARV_W])
         f[F_HARV_W] = f[F_HARV_W] * d + 1.0
         f[F_HARV_S] = f[F_HARV_S] * d + (1.0 if harvest else 0.0)
         df = 1.0 - fast_alpha
@@ -255,6 +261,7 @@ def apply_event(
 
     v = ev.get("cot_request")
     if v is not None:
+        _cusum(f, F_CCP, bool(v), f[F_COT_S], f[F_COT_W])
         f[F_COT_W] = f[F_COT_W] * d + 1.0
         f[F_COT_S] = f[F_COT_S] * d + (1.0 if v else 0.0)
         df = 1.0 - fast_alpha
@@ -284,6 +291,7 @@ def apply_event(
         # turn keeps it unknown.
         v = 1
     if v is not None:
+        _cusum(f, F_SCP, v == 1, f[F_SINGLE_S], f[F_TURN_W])
         f[F_TURN_W] = f[F_TURN_W] * d + 1.0
         f[F_SINGLE_S] = f[F_SINGLE_S] * d + (1.0 if v == 1 else 0.0)
         df = 1.0 - fast_alpha
@@ -394,12 +402,46 @@ _NAN = float("nan")
 #: the EW(1/32) weight is 1.97 after two carrying events and 2.91 after three, so a share is
 #: known from the third (the score's warm-up, ``DetectorConfig.warmup_events``, is 3 as well).
 _MIN_W = 2.5
+_LN2 = math.log(2.0)
+_CP_CAP = 30.0  # a finished change is forgotten after ~40 misses (the run share decays sooner)
+
+
+def _cusum(f, i: int, x: bool, s: float, w: float) -> None:
+    """One step of a one-sided Bernoulli CUSUM at ``f[i:i+3]``: has the share risen from the key's own?
+
+    H0: the key's long share ``p0 = s / w`` (its own history, read before this event counts);
+    H1: halfway from there to 1, ``p1 = (1 + p0) / 2``. A hit adds ``log(p1 / p0)``, a miss
+    ``log((1 - p1) / (1 - p0)) = log(1/2)``; at 0 the statistic and its run counts restart.
+    A key that never harvested and now does two requests in a row is a change
+    (``log(0.51/0.02)`` = 3.2 each); one already harvesting half its requests needs about a dozen
+    in a row (0.41 each), so a reasoning app's streaks are not one.
+    """
+    if w < _MIN_W:
+        return
+    p0 = s / w
+    p0 = 0.02 if p0 < 0.02 else (0.98 if p0 > 0.98 else p0)
+    g = f[i] + (math.log((1.0 + p0) / (2.0 * p0)) if x else -_LN2)
+    if g <= 0.0:
+        f[i] = f[i + 1] = f[i + 2] = 0.0
+        return
+    f[i] = g if g < _CP_CAP else _CP_CAP
+    f[i + 1] += 1.0
+    if x:
+        f[i + 2] += 1.0
+
+
+def _changed(long: float, f, i: int, h: float) -> float:
+    """The share since the change point when the CUSUM at ``f[i]`` is past ``h``, else ``long``."""
+    if h <= 0.0 or long != long or f[i] < h or f[i + 1] <= 0.0:
+        return long
+    cp = f[i + 2] / f[i + 1]
+    return cp if cp > long else long
 
 
 def direction_features(
     ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0, fast_weight: float = 0.0,
     fast_alpha: float = 0.125, fast_z: float = 0.0, fast_shares: bool = False,
-    fast_ratio: bool = False, benign_base: bool = True,
+    fast_ratio: bool = False, benign_base: bool = True, change_h: float = 0.0,
 ) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
@@ -465,8 +507,15 @@ def direction_features(
         if fast_shares:
             cot = _fast_rise(cot, f[F_CFAST_S], f[F_CFAST_W], fast_weight, fast_alpha, fast_z)
             single = _fast_rise(single, f[F_SFAST_S], f[F_SFAST_W], fast_weight, fast_alpha, fast_z)
-        if fast_ratio and benign_base and ratio_t == ratio_t and harv > harv_long:
-            ratio_t = _fast_ratio(ratio_t, f[F_RATIO], f[F_RFAST], fast_weight, samp, temp_t)
+    if change_h > 0.0:
+        # A key with N events has had N chances to streak: the bar grows with log N (about
+        # e**-change_h false changes per key lifetime, whatever its volume).
+        change_h += math.log1p(ks.events)
+        harv = _changed(harv, f, F_HCP, change_h)
+        cot = _changed(cot, f, F_CCP, change_h)
+        single = _changed(single, f, F_SCP, change_h)
+    if fast_weight > 0.0 and fast_ratio and benign_base and ratio_t == ratio_t and harv > harv_long:
+        ratio_t = _fast_ratio(ratio_t, f[F_RATIO], f[F_RFAST], fast_weight, samp, temp_t)
     batch = f[F_BATCH_S] / f[F_STREAM_W] if f[F_STREAM_W] >= _MIN_W else _NAN
     vec = [harv, cot, cap_share, breadth, single, ratio_t, novelty, tmpl, sampled, samp, temp_t, reg, duty, thr, rate_t, batch]
     if prior is not None and prior_weight > 0.0:

@@ -562,6 +562,48 @@ def test_short_ratio_window_needs_a_harvest_rise_a_benign_history_and_extraction
     assert Fm._EXTRACTION_W == tuple(w for _, w in EXTRACTION)
 
 
+def test_change_point_sees_a_short_run_after_a_benign_history_not_a_reasoning_apps_streak():
+    from models import features as Fm
+    from models.features import FEATURES, apply_event, direction_features
+    from models.keymodel import KeyState
+
+    def ev(i, harvest):
+        return {"event_id": str(i), "ts": T0 + 10.0 * i, "api_key": "k", "status": 200,
+                "prompt_tokens": 40, "completion_tokens": 900 if harvest else 30,
+                "topic": "math" if harvest else "chat", "cot_request": harvest, "turn": 1 if harvest else 3}
+
+    h, c, s1 = (FEATURES.index(n) for n in ("harvest_share", "cot_share", "single_turn_share"))
+    kw = dict(fast_weight=1.0, fast_alpha=0.2, fast_z=1.5, fast_shares=True)
+    drifted, app = KeyState(), KeyState()
+    for i in range(200):
+        apply_event(drifted, ev(i, i >= 196), 1 / 32, 0, 20, 96, 0.2)  # benign, then 4 harvests
+        apply_event(app, ev(i, i % 2 == 0 or i >= 192), 1 / 32, 0, 20, 96, 0.2)  # half, then 8 in a row
+    window = direction_features(drifted, 0.0, **kw)
+    changed = direction_features(drifted, 0.0, change_h=4.6, **kw)
+    assert window[h] < 0.7 and changed[h] == 1.0  # four in a row after ~none: the share since the change
+    assert changed[c] == 1.0 and changed[s1] == 1.0
+    # a key at half that streaks 8 times is not a change: the statistic stays under h
+    assert app.f[Fm.F_HCP] < 4.6
+    assert direction_features(app, 0.0, change_h=4.6, **kw) == direction_features(app, 0.0, **kw)
+    # the bar grows with the key's volume: four in a row are a change after 20 requests, not 2000
+    young, old = KeyState(), KeyState()
+    for i in range(24):
+        apply_event(young, ev(i, i >= 20), 1 / 32, 0, 20, 96, 0.2)
+    for i in range(2004):
+        apply_event(old, ev(i, i >= 2000), 1 / 32, 0, 20, 96, 0.2)
+    assert direction_features(young, 0.0, change_h=4.6)[h] == 1.0
+    assert direction_features(old, 0.0, change_h=4.6) == direction_features(old, 0.0)
+    # off by default, and one benign request after the run lowers the statistic by log 2
+    assert direction_features(drifted, 0.0, **kw) == window
+    g = drifted.f[Fm.F_HCP]
+    apply_event(drifted, ev(200, False), 1 / 32, 0, 20, 96, 0.2)
+    assert drifted.f[Fm.F_HCP] == pytest.approx(g - math.log(2.0))
+    # a long benign run restarts it from zero
+    for i in range(201, 230):
+        apply_event(drifted, ev(i, False), 1 / 32, 0, 20, 96, 0.2)
+    assert drifted.f[Fm.F_HCP] == 0.0 and drifted.f[Fm.F_HCP + 1] == 0.0
+
+
 def test_fast_window_config_is_validated():
     with pytest.raises(ValueError, match="fast_alpha"):
         DetectorConfig(fast_alpha=0.01)
