@@ -6,6 +6,10 @@ Layout of a key blob (little endian)::
 
     body = ints (struct ``_INTS``) | NF doubles | 8 uint64 SimHash ring | 256-byte Bloom filter
 
+Version 3 (key-0.4 to key-0.8) had 61 doubles; version 4 (key-0.9) appends the change-point
+state, which a v3 blob decodes to zeros (a CUSUM that just restarted), so an upgrade keeps every
+key's history.
+
 Decoding only parses numbers: it cannot execute anything. Anything that does not match the
 layout exactly (magic, version, length, ranges, non-finite floats) raises ``ValueError``.
 Compression pays for the many light keys whose Bloom filter and ring are mostly zeros; the
@@ -30,6 +34,8 @@ _MAGIC = b"MWK"
 # ep_det, ep_events, evals
 _INTS = struct.Struct("<qqqQIBHBIBBII")
 _BODY_LEN = _INTS.size + 8 * F.NF + 64 + 256
+#: doubles per version this build reads; missing trailing doubles start at 0.0
+_NF_OF = {3: 61, KEY_FORMAT_VERSION: F.NF}
 
 
 def encode_key(ks: KeyState) -> bytes:
@@ -76,23 +82,26 @@ def decode_key(blob: bytes) -> KeyState:
     if len(blob) < 5 or blob[:3] != _MAGIC:
         raise ValueError("not a moatwatch key state (bad magic); drop it and let the key re-learn")
     version, flags = blob[3], blob[4]
-    if version != KEY_FORMAT_VERSION:
+    nf = _NF_OF.get(version)
+    if nf is None:
         raise ValueError(
-            f"key state format version {version} is not supported (expected {KEY_FORMAT_VERSION})"
+            f"key state format version {version} is not supported (expected one of "
+            f"{sorted(_NF_OF)})"
         )
+    body_len = _BODY_LEN - 8 * (F.NF - nf)
     if flags not in (0, 1):
         raise ValueError(f"key state has unknown flags {flags}")
     body = blob[5:]
     if flags == 1:
         d = zlib.decompressobj()
         try:
-            body = d.decompress(body, _BODY_LEN + 1)
+            body = d.decompress(body, body_len + 1)
         except zlib.error as exc:
             raise ValueError(f"key state is corrupt ({exc})") from None
         if not d.eof or d.unconsumed_tail or d.unused_data:
             raise ValueError("key state is corrupt (compressed body has the wrong size)")
-    if len(body) != _BODY_LEN:
-        raise ValueError(f"key state body is {len(body)} bytes, expected {_BODY_LEN}")
+    if len(body) != body_len:
+        raise ValueError(f"key state body is {len(body)} bytes, expected {body_len}")
     (
         seq,
         events,
@@ -112,11 +121,13 @@ def decode_key(blob: bytes) -> KeyState:
         raise ValueError("key state holds out-of-range counters")
     off = _INTS.size
     f = array("d")
-    f.frombytes(body[off : off + 8 * F.NF])
+    f.frombytes(body[off : off + 8 * nf])
     for v in f:
         if not math.isfinite(v):
             raise ValueError("key state holds a non-finite number")
-    off += 8 * F.NF
+    if nf < F.NF:
+        f.frombytes(bytes(8 * (F.NF - nf)))
+    off += 8 * nf
     ring = array("Q")
     ring.frombytes(body[off : off + 64])
     off += 64

@@ -123,10 +123,33 @@ def test_truncated_and_bitflipped_real_blobs(core):
 
 
 def test_blob_of_an_older_layout_is_rejected():
-    from models.codec import KEY_FORMAT_VERSION, encode_key
+    from models.codec import encode_key
     from models.keymodel import KeyState
 
     blob = bytearray(encode_key(KeyState()))
-    blob[3] = KEY_FORMAT_VERSION - 1  # the version byte follows the 3-byte magic
+    blob[3] = 2  # the version byte follows the 3-byte magic; v2 (key-0.3) is not read
     with pytest.raises(ValueError, match="not supported"):
         decode_key(bytes(blob))
+    blob[3] = 3  # v3 is read, but only with its own length
+    with pytest.raises(ValueError, match="wrong size|bytes, expected"):
+        decode_key(bytes(blob))
+
+
+def test_v3_blob_keeps_the_keys_history_and_starts_its_change_points_at_zero():
+    import zlib
+
+    from models import features as Fm
+    from models.codec import _INTS, encode_key
+    from models.keymodel import KeyState
+
+    ks = KeyState()
+    ks.events, ks.seq = 40, 99
+    for i in range(Fm.NF):
+        ks.f[i] = 0.5 + i
+    body = zlib.decompress(encode_key(ks)[5:])
+    cut = _INTS.size + 8 * 61  # v3 ended its doubles at index 60 (F_RFAST)
+    v3 = body[:cut] + body[_INTS.size + 8 * Fm.NF:]
+    back = decode_key(b"MWK" + bytes((3, 0)) + v3)
+    assert back.events == 40 and back.seq == 99
+    assert list(back.f[:61]) == list(ks.f[:61]) and list(back.f[61:]) == [0.0] * (Fm.NF - 61)
+    assert Fm.F_HCP == 61 and Fm.F_SCP + 3 == Fm.NF  # the change points are what v4 appended
