@@ -399,9 +399,7 @@ class DetectionCore:
         f[F.F_LAST_EVAL] = ts
         ks.evals += 1
         pop = self.population
-        vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha, cfg.fast_z,
-                                  cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
-        s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation, cfg.unknown_relief)
+        vec, s_dir, contrib = self._direction(ks)
         warm = ks.events >= cfg.warmup_events and ts - f[F.F_FIRST] >= cfg.warmup_seconds
         flagged = ks.ep_sev > 0
         thr = self._threshold(ks, ts, s_dir)
@@ -483,6 +481,16 @@ class DetectionCore:
             elif ts - f[F.F_BELOW_SINCE] >= cfg.resolve_after and verdict != "confirmed":
                 out.append(self._resolve(k, ks, ts, vec, contrib))
 
+    def _direction(self, ks: KeyState) -> tuple[list[float], float, list[float]]:
+        """The key's direction vector, its direction score and the score's contributions."""
+        cfg = self.config
+        pop = self.population
+        vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha,
+                                 cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
+        s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation,
+                                      cfg.unknown_relief)
+        return vec, s_dir, contrib
+
     def _benign_base(self, ks: KeyState) -> bool:
         """The key's own slow score baseline is clearly below the line (or it has none yet)."""
         cfg = self.config
@@ -524,14 +532,7 @@ class DetectionCore:
 
     def _resolve(self, k, ks, ts, vec=None, contrib=None) -> dict:
         if vec is None:
-            pop = self.population
-            vec = direction_features(ks, pop.log_rate, pop.means, self.config.prior_weight, self.config.fast_weight,
-                                     self.config.fast_alpha, self.config.fast_z, self.config.fast_shares,
-                                     self.config.fast_ratio, self._benign_base(ks), self.config.change_h)
-            _, contrib = scrape_score(
-                vec, self.config.score_mix, self.config.unknown_exponent, self.config.unknown_automation,
-                self.config.unknown_relief,
-            )
+            vec, _, contrib = self._direction(ks)
         alert = self.policy.resolve(ks, k, ks.f[F.F_SCORE], ts, self._reasons(ks, vec, contrib, ks.ep_det))
         ks.f[F.F_ABOVE] = 0.0
         self._open.pop(k, None)
