@@ -431,8 +431,8 @@ def _cusum(f, i: int, x: bool, s: float, w: float) -> None:
 
 
 def _changed(long: float, f, i: int, h: float) -> float:
-    """The share since the change point when the CUSUM at ``f[i]`` is past ``h``, else ``long``."""
-    if h <= 0.0 or long != long or f[i] < h or f[i + 1] <= 0.0:
+    """The share since the change point when the CUSUM at ``f[i]`` is past ``h`` (> 0), else ``long``."""
+    if long != long or f[i] < h or f[i + 1] <= 0.0:
         return long
     cp = f[i + 2] / f[i + 1]
     return cp if cp > long else long
