@@ -288,9 +288,13 @@ def _partition_number(p: Any) -> int | None:
     return p if type(p) is int and 0 <= p < 1_000_000 else None
 
 
-def _snapshot_time_ok(snap: Any) -> bool:
-    ts = snap.get("ts") if isinstance(snap, dict) else None
+def _finite_time(ts: Any) -> bool:
+    """An event time from a topic record: a finite int or float (not a bool, not a string)."""
     return type(ts) in (int, float) and math.isfinite(ts)
+
+
+def _snapshot_time_ok(snap: Any) -> bool:
+    return isinstance(snap, dict) and _finite_time(snap.get("ts"))
 
 
 class SnapshotMerge:
@@ -426,7 +430,7 @@ class CampaignRunner:
         if isinstance(marks, dict):
             for p, ts in marks.items():
                 p = _partition_number(p)
-                if p is not None and type(ts) in (int, float) and math.isfinite(ts):
+                if p is not None and _finite_time(ts):
                     merge.mark(p, float(ts))
         for p in idle:
             p = _partition_number(p)
