@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.9"
+MODEL_VERSION = "key-0.10"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -129,6 +129,9 @@ class DetectorConfig:
         How much content evidence a key loses for content fields its gateway does not send, how
         much more its automation evidence then weighs, and how much machine-like arrival
         (automation) relieves that loss (models.policy.scrape_score).
+    collect_weight
+        Weight of whole sampled answers (non-streaming x temperature > 0) as an extraction
+        tell beside logprobs / n > 1 and temperature sweeps; 0 = off.
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score:
         ``score = s_dir * (1 + 2 * population_weight * (hst - 0.5))``.
@@ -198,6 +201,7 @@ class DetectorConfig:
     unknown_exponent: float = 0.5
     unknown_automation: float = 0.0
     unknown_relief: float = 1.0
+    collect_weight: float = 0.7
     population_weight: float = 0.25
     population_support: float = 0.05
     threshold_floor: float = 0.35
@@ -256,6 +260,8 @@ class DetectorConfig:
              f"unknown_automation must be in [0, 5], got {self.unknown_automation}")
         need(0.0 <= self.unknown_relief <= 1.0,
              f"unknown_relief must be in [0, 1], got {self.unknown_relief}")
+        need(0.0 <= self.collect_weight <= 1.0,
+             f"collect_weight must be in [0, 1], got {self.collect_weight}")
         need(0.0 <= self.unknown_exponent <= 2.0,
              f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
         need(0.0 <= self.population_weight <= 1.0,
@@ -488,7 +494,7 @@ class DetectionCore:
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha,
                                  cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation,
-                                      cfg.unknown_relief)
+                                      cfg.unknown_relief, cfg.collect_weight)
         return vec, s_dir, contrib
 
     def _benign_base(self, ks: KeyState) -> bool:

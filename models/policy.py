@@ -66,13 +66,36 @@ _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
 
 
-def _extraction(vec: list[float]) -> float:
-    """Noisy-OR of the extraction tells (unknown ones left out)."""
+_NON_STREAMING = _IDX["non_streaming_share"]
+
+
+def _collected(vec: list[float]) -> float:
+    """Share of sampled answers collected whole: ``non_streaming_share x sampled_decoding``.
+
+    A product shows its users tokens as they come (it streams); a harvester wants whole,
+    sampled answers to store. Greedy whole answers are how eval harnesses and batch jobs
+    work, so the tell needs temperature > 0 too. Unknown sampling (no temperature sent) counts
+    half; unknown streaming (no ``stream`` field) leaves the tell out (NaN).
+    """
+    ns = vec[_NON_STREAMING]
+    if ns != ns:
+        return ns
+    sam = vec[_SAMPLED]
+    return ns * (sam if sam == sam else 0.5)
+
+
+def _extraction(vec: list[float], collect_weight: float = 0.0) -> float:
+    """Noisy-OR of the extraction tells (unknown ones left out), with whole sampled answers
+    (:func:`_collected`) as one more tell of weight ``collect_weight``."""
     keep = 1.0
     for i, w in _GROUP_IDX[1]:
         v = vec[i]
         if v == v:
             keep *= 1.0 - w * v
+    if collect_weight > 0.0:
+        v = _collected(vec)
+        if v == v:
+            keep *= 1.0 - collect_weight * v
     return 1.0 - keep
 
 
@@ -82,6 +105,7 @@ def scrape_score(
     unknown_exponent: float = 0.5,
     unknown_automation: float = 0.0,
     unknown_relief: float = 0.0,
+    collect_weight: float = 0.0,
 ) -> tuple[float, list[float]]:
     """Combine a direction vector into a score and per-feature contributions.
 
@@ -109,6 +133,9 @@ def scrape_score(
         a key whose arrivals are machine-like (regular, flat, at volume, throttled) loses less
         of its known content evidence (the long-answer share) to the fields its gateway does
         not send. 0 = off; content is still necessary.
+    collect_weight
+        Weight of whole sampled answers (``non_streaming_share x sampled_decoding``, see
+        :func:`_collected`) as one more tell in the extraction noisy-OR. 0 = off.
 
     Returns
     -------
@@ -163,9 +190,9 @@ def scrape_score(
     sam = vec[_SAMPLED]
     if sam == sam:
         gate *= 0.5 + 0.5 * sam
-    # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep is the tell, one is
+    # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled answers
     # enough. Automation is a weighted mean: each of its tells is weak alone.
-    extraction = _extraction(vec)
+    extraction = _extraction(vec, collect_weight)
     c0, c1, c2 = mix
     if unknown_automation > 0.0:
         c2 = c2 * (1.0 + unknown_automation * (1.0 - known_w / _GROUP_W[0]))
@@ -178,11 +205,15 @@ def scrape_score(
         for part, grp, gi in ((parts[0], content, 0), (parts[1], extraction, 1), (parts[2], automation, 2)):
             # (within extraction the shares follow each tell's weighted value, as for the others)
             if grp > 0 and part > 0:
-                denom = sum(w * vec[i] for i, w in _GROUP_IDX[gi] if vec[i] == vec[i])
-                for i, w in _GROUP_IDX[gi]:
-                    v = vec[i]
-                    if v == v and denom > 0:
-                        contrib[i] = part * (w * v / denom)
+                terms = [(i, w * vec[i]) for i, w in _GROUP_IDX[gi] if vec[i] == vec[i]]
+                if gi == 1 and collect_weight > 0.0:
+                    v = _collected(vec)  # whole sampled answers: told as non-streaming
+                    if v == v:
+                        terms.append((_NON_STREAMING, collect_weight * v))
+                denom = sum(t for _, t in terms)
+                if denom > 0:
+                    for i, t in terms:
+                        contrib[i] += part * (t / denom)
         tot = sum(contrib)
         if tot > 0:
             contrib = [c / tot for c in contrib]

@@ -387,6 +387,40 @@ def test_machine_like_arrival_relieves_unknown_content_but_content_stays_necessa
     assert scrape_score(lean_batch, mix, 0.5, 0.0, 1.0)[0] == 0.0
 
 
+def test_whole_sampled_answers_are_an_extraction_tell_but_greedy_or_streamed_ones_are_not():
+    from models.features import FEATURES
+    from models.policy import scrape_score
+
+    def vec(**kw):
+        v = [0.0] * len(FEATURES)
+        for n, x in kw.items():
+            v[FEATURES.index(n)] = x
+        return v
+
+    # A key that asks like a reasoning product: same content for all four below.
+    content = dict(harvest_share=0.5, cot_share=0.5, capability_share=0.8, capability_breadth=0.3,
+                   single_turn_share=0.7, output_ratio=0.25, novelty=0.9)
+    mix, cw = (0.45, 0.35, 0.2), 0.7
+    whole_sampled = vec(**content, sampled_decoding=1.0, non_streaming_share=1.0)
+    streamed = vec(**content, sampled_decoding=1.0, non_streaming_share=0.0)
+    greedy_whole = vec(**content, sampled_decoding=0.0, non_streaming_share=1.0)
+    no_stream_field = vec(**content, sampled_decoding=1.0, non_streaming_share=float("nan"))
+
+    def score(v, w=cw):
+        return scrape_score(v, mix, 0.5, 0.0, 1.0, w)
+
+    s, contrib = score(whole_sampled)
+    assert s > 1.25 * score(whole_sampled, 0.0)[0]
+    assert max(range(len(FEATURES)), key=lambda i: contrib[i]) != FEATURES.index("sampling_share")
+    assert contrib[FEATURES.index("non_streaming_share")] > 0.1 and abs(sum(contrib) - 1.0) < 1e-9
+    # A product streams; an eval harness or batch job decodes greedily; a gateway without the
+    # field tells nothing: none of them gains.
+    for v in (streamed, greedy_whole, no_stream_field):
+        assert score(v)[0] == pytest.approx(score(v, 0.0)[0])
+    # Content stays necessary: whole sampled answers to ordinary chat score nothing.
+    assert score(vec(sampled_decoding=1.0, non_streaming_share=1.0, novelty=1.0))[0] == 0.0
+
+
 def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
     from models.features import FEATURES, apply_event, direction_features
     from models.keymodel import KeyState
