@@ -201,7 +201,7 @@ class DetectorConfig:
     unknown_exponent: float = 0.5
     unknown_automation: float = 0.0
     unknown_relief: float = 1.0
-    collect_weight: float = 0.7
+    collect_weight: float = 0.6
     population_weight: float = 0.25
     population_support: float = 0.05
     threshold_floor: float = 0.35

@@ -400,7 +400,7 @@ def test_whole_sampled_answers_are_an_extraction_tell_but_greedy_or_streamed_one
     # A key that asks like a reasoning product: same content for all four below.
     content = dict(harvest_share=0.5, cot_share=0.5, capability_share=0.8, capability_breadth=0.3,
                    single_turn_share=0.7, output_ratio=0.25, novelty=0.9)
-    mix, cw = (0.45, 0.35, 0.2), 0.7
+    mix, cw = (0.45, 0.35, 0.2), DetectorConfig().collect_weight
     whole_sampled = vec(**content, sampled_decoding=1.0, non_streaming_share=1.0)
     streamed = vec(**content, sampled_decoding=1.0, non_streaming_share=0.0)
     greedy_whole = vec(**content, sampled_decoding=0.0, non_streaming_share=1.0)
