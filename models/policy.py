@@ -6,12 +6,13 @@ key over the threshold, because the score is a product of three groups,
 
 * **content** - what is asked: chain-of-thought, capability topics, breadth over capability
   domains, single-turn, long outputs for short prompts, novel prompts;
-* **extraction** - how it is sampled: logprobs / n > 1, temperature spread, templated
-  generation;
+* **extraction** - how it is sampled and kept: logprobs / n > 1, temperature spread, whole
+  answers collected at temperature > 0 (no streaming);
 * **automation** - how it arrives: machine-regular timing, flat duty cycle, 429s, volume
-  above the population,
+  above the population, no streaming,
 
-each a weighted mean, combined as ``content * (c0 + c1 * extraction + c2 * automation)``:
+content and automation each a weighted mean, extraction a noisy-OR, combined as
+``content * (c0 + c1 * extraction + c2 * automation)``:
 content is necessary (batch jobs, CI suites and agents are automated but ask for the wrong
 thing), and extraction or automation must add to it (a human asking the odd math question is
 content-heavy but neither).
@@ -64,8 +65,6 @@ _GROUP_W = tuple(sum(w for _, w in g) for g in _GROUPS)
 _SUPPORT_AUTO = tuple((i, w) for i, w in _GROUP_IDX[2] if i != _IDX["duty_cycle"])
 _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
-
-
 _NON_STREAMING = _IDX["non_streaming_share"]
 
 
@@ -190,8 +189,9 @@ def scrape_score(
     sam = vec[_SAMPLED]
     if sam == sam:
         gate *= 0.5 + 0.5 * sam
-    # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled answers
-    # enough. Automation is a weighted mean: each of its tells is weak alone.
+    # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled
+    # answers is the tell, one is enough. Automation is a weighted mean: each of its tells is
+    # weak alone.
     extraction = _extraction(vec, collect_weight)
     c0, c1, c2 = mix
     if unknown_automation > 0.0:
