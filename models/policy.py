@@ -83,18 +83,23 @@ def _collected(vec: list[float]) -> float:
     return ns * (sam if sam == sam else 0.5)
 
 
-def _extraction(vec: list[float], collect_weight: float = 0.0) -> float:
-    """Noisy-OR of the extraction tells (unknown ones left out), with whole sampled answers
-    (:func:`_collected`) as one more tell of weight ``collect_weight``."""
-    keep = 1.0
-    for i, w in _GROUP_IDX[1]:
-        v = vec[i]
-        if v == v:
-            keep *= 1.0 - w * v
+def _extraction_terms(vec: list[float], collect_weight: float = 0.0) -> list[tuple[int, float]]:
+    """The known extraction tells as ``(feature index, weight x value)``, unknown ones left out;
+    whole sampled answers (:func:`_collected`, weight ``collect_weight``) are told as
+    ``non_streaming_share``."""
+    terms = [(i, w * vec[i]) for i, w in _GROUP_IDX[1] if vec[i] == vec[i]]
     if collect_weight > 0.0:
         v = _collected(vec)
         if v == v:
-            keep *= 1.0 - collect_weight * v
+            terms.append((_NON_STREAMING, collect_weight * v))
+    return terms
+
+
+def _extraction(terms: list[tuple[int, float]]) -> float:
+    """Noisy-OR of the extraction tells (:func:`_extraction_terms`)."""
+    keep = 1.0
+    for _, t in terms:
+        keep *= 1.0 - t
     return 1.0 - keep
 
 
@@ -192,7 +197,8 @@ def scrape_score(
     # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled
     # answers is the tell, one is enough. Automation is a weighted mean: each of its tells is
     # weak alone.
-    extraction = _extraction(vec, collect_weight)
+    ext_terms = _extraction_terms(vec, collect_weight)
+    extraction = _extraction(ext_terms)
     c0, c1, c2 = mix
     if unknown_automation > 0.0:
         c2 = c2 * (1.0 + unknown_automation * (1.0 - known_w / _GROUP_W[0]))
@@ -205,11 +211,10 @@ def scrape_score(
         for part, grp, gi in ((parts[0], content, 0), (parts[1], extraction, 1), (parts[2], automation, 2)):
             # (within extraction the shares follow each tell's weighted value, as for the others)
             if grp > 0 and part > 0:
-                terms = [(i, w * vec[i]) for i, w in _GROUP_IDX[gi] if vec[i] == vec[i]]
-                if gi == 1 and collect_weight > 0.0:
-                    v = _collected(vec)  # whole sampled answers: told as non-streaming
-                    if v == v:
-                        terms.append((_NON_STREAMING, collect_weight * v))
+                if gi == 1:
+                    terms = ext_terms
+                else:
+                    terms = [(i, w * vec[i]) for i, w in _GROUP_IDX[gi] if vec[i] == vec[i]]
                 denom = sum(t for _, t in terms)
                 if denom > 0:
                     for i, t in terms:
@@ -248,7 +253,7 @@ def outlier_support(vec: list[float]) -> float:
         v = vec[i]
         if v == v:
             s += w * v
-    return _extraction(vec) + s / _GROUP_W[2]
+    return _extraction(_extraction_terms(vec)) + s / _GROUP_W[2]
 
 
 def population_score(s_dir: float, hst: float, vec: list[float], weight: float,
