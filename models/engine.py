@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.10"
+MODEL_VERSION = "key-0.11"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -120,7 +120,9 @@ class DetectorConfig:
         share since the CUSUM last restarted counts (:func:`models.features._cusum`). A key
         that never harvested shows three or four harvests in a row at once.
     dup_bits, template_bits
-        SimHash Hamming distance for a near-duplicate / a same-template prompt.
+        SimHash Hamming distance for a near-duplicate / a same-template prompt. With
+        ``dup_bits`` 0 only an exact repeat counts (the same SimHash *and* the same
+        ``prompt_tokens``); the same SimHash at a new length is a template member.
     bloom_rotate
         Distinct prompts per Bloom generation (repeats are seen within ~1-2x this many).
     score_mix

@@ -108,6 +108,7 @@ _TAU_5M = 300.0
 _TAU_1H = 3600.0
 _TAU_24H = 86400.0
 _MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit multiplier: spreads a token count over the hash
 _LOG_POISSON_SD = math.pi / math.sqrt(6.0)  # sd of log(Exp) inter-arrivals: 1.28
 
 #: Direction features, in vector order. All in [0, 1]; larger = more like harvesting.
@@ -317,6 +318,10 @@ def apply_event(
     v = ev.get("prompt_simhash")
     if v is not None:
         h = int(v, 16)
+        # A repeat is the same prompt: the same SimHash *and* the same length. A template
+        # filled with new data can keep its SimHash (the template dominates it) but not its
+        # token count, so it counts as a template member, not a repeat.
+        rh = h ^ ((ev["prompt_tokens"] * _GOLDEN) & _MASK64)
         ring = ks.ring
         best = 64
         for r in ring:
@@ -325,9 +330,9 @@ def apply_event(
                 if x < best:
                     best = x
         bloom = ks.bloom
-        p1 = h & 1023
-        p2 = (h >> 10) & 1023
-        p3 = (h >> 20) & 1023
+        p1 = rh & 1023
+        p2 = (rh >> 10) & 1023
+        p3 = (rh >> 20) & 1023
         seen = False
         for base in (0, 128):
             if (
@@ -337,7 +342,7 @@ def apply_event(
             ):
                 seen = True
                 break
-        dup = seen or best <= dup_bits
+        dup = seen or (dup_bits > 0 and best <= dup_bits)
         f[F_SIM_W] = f[F_SIM_W] * d + 1.0
         f[F_DUP_S] = f[F_DUP_S] * d + (1.0 if dup else 0.0)
         f[F_TMPL_S] = f[F_TMPL_S] * d + (1.0 if (not dup and best <= tmpl_bits) else 0.0)

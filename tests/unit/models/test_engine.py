@@ -661,3 +661,23 @@ def test_snapshots_carry_the_keys_active_minutes():
     active = {minute - i for i in range(64) if mask >> i & 1}
     sent = {int(e["ts"] // 60) for e in evs if e["ts"] <= last["ts"]}
     assert active == {m for m in sent if m > minute - 64}
+
+
+def test_a_repeat_is_the_same_prompt_not_a_template_filled_with_new_data():
+    """Same SimHash and same length is a repeat (a CI re-run); same SimHash with a new length
+    is a template filled with new data, and counts as a template member, not a repeat."""
+    from models.keymodel import KeyState
+
+    def share_after(lengths):
+        ks = KeyState()
+        for i, pt in enumerate(lengths):
+            ev = {"ts": T0 + i, "api_key": "k", "prompt_tokens": pt, "completion_tokens": 900,
+                  "status": 200, "prompt_simhash": "9f3a01c2e4b5d6f7"}
+            F.apply_event(ks, ev, 1 / 32, 0, 20, 96)
+        obs = F.raw_observations(ks)
+        return obs["repeat_share"], ks.f[F.F_TMPL_S] / ks.f[F.F_SIM_W]
+
+    rerun, rerun_tmpl = share_after([120] * 40)
+    filled, filled_tmpl = share_after([60 + 7 * i for i in range(40)])
+    assert rerun > 0.9 and rerun_tmpl == 0.0
+    assert filled < 0.1 and filled_tmpl > 0.9
