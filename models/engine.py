@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.11"
+MODEL_VERSION = "key-0.12"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -134,6 +134,10 @@ class DetectorConfig:
     collect_weight
         Weight of whole sampled answers (non-streaming x temperature > 0) as an extraction
         tell beside logprobs / n > 1 and temperature sweeps; 0 = off.
+    template_weight
+        Weight of the templated-prompt share (new prompts filled into a recent prompt's
+        template) as one more extraction tell; 0 = off. Batch jobs, evals and agents template
+        too: their content (or the greedy gate) keeps them low, the weight only adds to content.
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score:
         ``score = s_dir * (1 + 2 * population_weight * (hst - 0.5))``.
@@ -204,6 +208,7 @@ class DetectorConfig:
     unknown_automation: float = 0.0
     unknown_relief: float = 1.0
     collect_weight: float = 0.6
+    template_weight: float = 0.5
     population_weight: float = 0.25
     population_support: float = 0.05
     threshold_floor: float = 0.35
@@ -264,6 +269,8 @@ class DetectorConfig:
              f"unknown_relief must be in [0, 1], got {self.unknown_relief}")
         need(0.0 <= self.collect_weight <= 1.0,
              f"collect_weight must be in [0, 1], got {self.collect_weight}")
+        need(0.0 <= self.template_weight <= 1.0,
+             f"template_weight must be in [0, 1], got {self.template_weight}")
         need(0.0 <= self.unknown_exponent <= 2.0,
              f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
         need(0.0 <= self.population_weight <= 1.0,
@@ -496,7 +503,7 @@ class DetectionCore:
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha,
                                  cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation,
-                                      cfg.unknown_relief, cfg.collect_weight)
+                                      cfg.unknown_relief, cfg.collect_weight, cfg.template_weight)
         return vec, s_dir, contrib
 
     def _benign_base(self, ks: KeyState) -> bool:

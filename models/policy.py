@@ -6,8 +6,9 @@ key over the threshold, because the score is a product of three groups,
 
 * **content** - what is asked: chain-of-thought, capability topics, breadth over capability
   domains, single-turn, long outputs for short prompts, novel prompts;
-* **extraction** - how it is sampled and kept: logprobs / n > 1, temperature spread, whole
-  answers collected at temperature > 0 (no streaming);
+* **extraction** - how it is generated, sampled and kept: logprobs / n > 1, temperature
+  spread, whole answers collected at temperature > 0 (no streaming), new prompts filled into
+  a few templates;
 * **automation** - how it arrives: machine-regular timing, flat duty cycle, 429s, volume
   above the population, no streaming,
 
@@ -66,6 +67,7 @@ _SUPPORT_AUTO = tuple((i, w) for i, w in _GROUP_IDX[2] if i != _IDX["duty_cycle"
 _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
 _NON_STREAMING = _IDX["non_streaming_share"]
+_TEMPLATE = _IDX["template_share"]
 
 
 def _collected(vec: list[float]) -> float:
@@ -83,15 +85,21 @@ def _collected(vec: list[float]) -> float:
     return ns * (sam if sam == sam else 0.5)
 
 
-def _extraction_terms(vec: list[float], collect_weight: float = 0.0) -> list[tuple[int, float]]:
+def _extraction_terms(vec: list[float], collect_weight: float = 0.0,
+                      template_weight: float = 0.0) -> list[tuple[int, float]]:
     """The known extraction tells as ``(feature index, weight x value)``, unknown ones left out;
     whole sampled answers (:func:`_collected`, weight ``collect_weight``) are told as
-    ``non_streaming_share``."""
+    ``non_streaming_share``, prompts filled from templates (weight ``template_weight``) as
+    ``template_share``."""
     terms = [(i, w * vec[i]) for i, w in _GROUP_IDX[1] if vec[i] == vec[i]]
     if collect_weight > 0.0:
         v = _collected(vec)
         if v == v:
             terms.append((_NON_STREAMING, collect_weight * v))
+    if template_weight > 0.0:
+        v = vec[_TEMPLATE]
+        if v == v:
+            terms.append((_TEMPLATE, template_weight * v))
     return terms
 
 
@@ -110,6 +118,7 @@ def scrape_score(
     unknown_automation: float = 0.0,
     unknown_relief: float = 0.0,
     collect_weight: float = 0.0,
+    template_weight: float = 0.0,
 ) -> tuple[float, list[float]]:
     """Combine a direction vector into a score and per-feature contributions.
 
@@ -140,6 +149,10 @@ def scrape_score(
     collect_weight
         Weight of whole sampled answers (``non_streaming_share x sampled_decoding``, see
         :func:`_collected`) as one more tell in the extraction noisy-OR. 0 = off.
+    template_weight
+        Weight of ``template_share`` (new prompts filled into a recent prompt's template: a
+        dataset run through a few prompt templates) as one more tell in the extraction
+        noisy-OR. 0 = off.
 
     Returns
     -------
@@ -195,9 +208,9 @@ def scrape_score(
     if sam == sam:
         gate *= 0.5 + 0.5 * sam
     # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled
-    # answers is the tell, one is enough. Automation is a weighted mean: each of its tells is
+    # answers *or* templated prompts is the tell, one is enough. Automation is a weighted mean: each of its tells is
     # weak alone.
-    ext_terms = _extraction_terms(vec, collect_weight)
+    ext_terms = _extraction_terms(vec, collect_weight, template_weight)
     extraction = _extraction(ext_terms)
     c0, c1, c2 = mix
     if unknown_automation > 0.0:

@@ -681,3 +681,43 @@ def test_a_repeat_is_the_same_prompt_not_a_template_filled_with_new_data():
     filled, filled_tmpl = share_after([60 + 7 * i for i in range(40)])
     assert rerun > 0.9 and rerun_tmpl == 0.0
     assert filled < 0.1 and filled_tmpl > 0.9
+
+
+def test_templated_prompts_are_an_extraction_tell_but_content_stays_necessary():
+    from models.features import FEATURES
+    from models.policy import scrape_score
+
+    def vec(**kw):
+        v = [0.0] * len(FEATURES)
+        for n, x in kw.items():
+            v[FEATURES.index(n)] = x
+        return v
+
+    content = dict(harvest_share=0.5, cot_share=0.4, capability_share=0.8, capability_breadth=0.3,
+                   single_turn_share=0.8, output_ratio=0.3, novelty=1.0, sampled_decoding=1.0)
+    mix, tw = (0.45, 0.35, 0.2), DetectorConfig().template_weight
+    assert tw > 0.0
+
+    def score(v, w=tw):
+        return scrape_score(v, mix, 0.5, 0.0, 1.0, 0.6, w)
+
+    templated = vec(**content, template_share=0.4)
+    free = vec(**content, template_share=0.0)
+    s, contrib = score(templated)
+    assert s > 1.1 * score(templated, 0.0)[0]
+    assert score(free)[0] == pytest.approx(score(free, 0.0)[0])
+    assert contrib[FEATURES.index("template_share")] > 0.05 and abs(sum(contrib) - 1.0) < 1e-9
+    # A batch job or an agent fills templates too (more of its prompts than the harvester
+    # above), but asks for short answers to long prompts: the tell multiplies content, so such
+    # a key stays far under the threshold floor, and one without content scores nothing.
+    batch = vec(capability_share=1.0, novelty=1.0, template_share=0.95, sampled_decoding=1.0)
+    assert score(batch)[0] < 0.5 * DetectorConfig().threshold_floor
+    assert score(vec(novelty=1.0, template_share=0.95, sampled_decoding=1.0))[0] == 0.0
+    # An unknown share (no SimHash sent) neither accuses nor acquits.
+    unknown = vec(**content, template_share=float("nan"))
+    assert score(unknown)[0] == pytest.approx(score(free)[0])
+
+
+def test_template_weight_is_validated():
+    with pytest.raises(ValueError, match="template_weight"):
+        DetectorConfig(template_weight=1.5)
