@@ -208,8 +208,8 @@ def scrape_score(
     if sam == sam:
         gate *= 0.5 + 0.5 * sam
     # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled
-    # answers *or* templated prompts is the tell, one is enough. Automation is a weighted mean: each of its tells is
-    # weak alone.
+    # answers *or* templated prompts is the tell, one is enough. Automation is a weighted
+    # mean: each of its tells is weak alone.
     ext_terms = _extraction_terms(vec, collect_weight, template_weight)
     extraction = _extraction(ext_terms)
     c0, c1, c2 = mix
