@@ -40,6 +40,14 @@ def strip(alerts):
     return [orjson.dumps({k: v for k, v in a.items() if k != "detected_at"}) for a in alerts]
 
 
+def direction_vector(**kw):
+    """A direction vector in FEATURES order: the named features set, the others 0."""
+    v = [0.0] * len(F.FEATURES)
+    for n, x in kw.items():
+        v[F.FEATURES.index(n)] = x
+    return v
+
+
 @pytest.fixture(scope="module")
 def stream():
     return mixed_stream(seed=7, hours=2.0)
@@ -391,11 +399,7 @@ def test_whole_sampled_answers_are_an_extraction_tell_but_greedy_or_streamed_one
     from models.features import FEATURES
     from models.policy import scrape_score
 
-    def vec(**kw):
-        v = [0.0] * len(FEATURES)
-        for n, x in kw.items():
-            v[FEATURES.index(n)] = x
-        return v
+    vec = direction_vector
 
     # A key that asks like a reasoning product: same content for all four below.
     content = dict(harvest_share=0.5, cot_share=0.5, capability_share=0.8, capability_breadth=0.3,
@@ -687,11 +691,7 @@ def test_templated_prompts_are_an_extraction_tell_but_content_stays_necessary():
     from models.features import FEATURES
     from models.policy import scrape_score
 
-    def vec(**kw):
-        v = [0.0] * len(FEATURES)
-        for n, x in kw.items():
-            v[FEATURES.index(n)] = x
-        return v
+    vec = direction_vector
 
     content = dict(harvest_share=0.5, cot_share=0.4, capability_share=0.8, capability_breadth=0.3,
                    single_turn_share=0.8, output_ratio=0.3, novelty=1.0, sampled_decoding=1.0)
