@@ -137,7 +137,8 @@ class DetectorConfig:
     template_weight
         Weight of the templated-prompt share (new prompts filled into a recent prompt's
         template) as one more extraction tell; 0 = off. Batch jobs, evals and agents template
-        too: their content (or the greedy gate) keeps them low, the weight only adds to content.
+        too: the tell multiplies content like the others, so their low content (or the greedy
+        gate) keeps them low.
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score:
         ``score = s_dir * (1 + 2 * population_weight * (hst - 0.5))``.
