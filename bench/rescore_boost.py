@@ -1,18 +1,21 @@
 """Record every evaluation point of the per-key core, then rescore the outlier boost offline.
 
-How key-0.8's ``population_support`` was chosen (docs/detection.md, "key-0.8"): one pass of
-the per-key core over each seed records, at every key evaluation, the direction vector, the
-direction score ``s_dir``, the HalfSpaceTrees outlier score and the threshold, exactly as the
-engine computed them (by wrapping the calls, not by recomputing). Rescoring then rebuilds the
-score for other support strengths in seconds instead of a replay per variant::
+How key-0.8's ``population_support`` was chosen, and key-0.13's (docs/detection.md, "key-0.8",
+"key-0.13"): one pass of the per-key core over each seed records, at every key evaluation, the
+direction vector, the direction score ``s_dir``, the HalfSpaceTrees outlier score and the
+threshold, exactly as the engine computed them (by wrapping the calls, not by recomputing).
+Rescoring then rebuilds the score for other support strengths in seconds instead of a replay
+per variant::
 
     .venv/bin/python bench/rescore_boost.py record --sim-dir /tmp/mwsim --seeds 1 2 3 --rec-dir /tmp/rec
     .venv/bin/python bench/rescore_boost.py rescore --sim-dir /tmp/mwsim --seeds 1 2 3 --rec-dir /tmp/rec \
-        --support 0 0.05 0.1 0.2
+        --support 0 0.05 0.1 0.2 --base-tells
 
-For each strength it prints, over the seeds, how many pass the per-key part of the issue 3
-targets (every single-key attack key caught, benign FPR <= 0.3%, median time to detect <= 10
-min), the benign keys alerted, the attack keys missed and the seeds whose median is over 10 min.
+For each strength (and, with ``--base-tells``, for support counted from logprobs / n > 1 and
+temperature spread only, as before key-0.13) it prints, over the seeds, how many pass the
+per-key part of the issue 3 targets (every single-key attack key caught, benign FPR <= 0.3%,
+median time to detect <= 10 min), the benign keys alerted, the attack keys missed and the
+seeds whose median is over 10 min.
 
 What the offline rescoring cannot see (so confirm a choice with ``bench/evaluate_seeds.py``):
 campaign alerts (a single-key attacker named by a campaign is a miss here, so counts differ
@@ -125,11 +128,17 @@ def record(events_path: Path, out_path: Path, cfg: DetectorConfig) -> int:
     return len(rows["key"])
 
 
-def alert_times(rec: dict[str, np.ndarray], cfg: DetectorConfig, support: float) -> dict[str, list[float]]:
+def alert_times(rec: dict[str, np.ndarray], cfg: DetectorConfig, support: float,
+                all_tells: bool = True) -> dict[str, list[float]]:
     """Event times of every recorded evaluation at or above the threshold after warm-up, per
-    key, with the boost gated at ``support`` (the engine's own score when it is the config's)."""
+    key, with the boost gated at ``support`` (the engine's own score when it is the config's).
+
+    ``all_tells`` counts every extraction tell of the score as support (whole sampled answers
+    and templated prompts at the config's weights, key-0.13); False counts only logprobs / n > 1
+    and temperature spread, as key-0.8 to key-0.12 did."""
     w = cfg.population_weight
-    score = np.array([population_score(float(sd), float(h), list(v), w, support)[0]
+    cw, tw = (cfg.collect_weight, cfg.template_weight) if all_tells else (0.0, 0.0)
+    score = np.array([population_score(float(sd), float(h), list(v), w, support, cw, tw)[0]
                       for sd, h, v in zip(rec["s_dir"], rec["hst"], rec["vec"], strict=True)])
     warm = (rec["events"] >= cfg.warmup_events) & (rec["ts"] - rec["first"] >= cfg.warmup_seconds)
     keys = rec["keys"]
@@ -139,10 +148,11 @@ def alert_times(rec: dict[str, np.ndarray], cfg: DetectorConfig, support: float)
     return out
 
 
-def rescore(rec: dict[str, np.ndarray], truth: dict, cfg: DetectorConfig, support: float) -> dict:
+def rescore(rec: dict[str, np.ndarray], truth: dict, cfg: DetectorConfig, support: float,
+            all_tells: bool = True) -> dict:
     """Per-key verdicts of one recorded seed with the boost gated at ``support``."""
     first: dict[str, float] = {}
-    for k, times in alert_times(rec, cfg, support).items():
+    for k, times in alert_times(rec, cfg, support, all_tells).items():
         info = truth["keys"].get(k)
         if info is None:
             continue
@@ -174,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-dir", required=True, help="folder with seed{S}.jsonl and seed{S}.truth.json")
     ap.add_argument("--seeds", type=int, nargs="+", required=True)
     ap.add_argument("--rec-dir", required=True, help="where the seed{S}.npz records go / are read from")
-    ap.add_argument("--support", type=float, nargs="+", default=[0.0, 0.05, 0.1],
+    ap.add_argument("--support", type=float, nargs="+", default=[0.0, 0.05, 0.15],
                     help="population_support strengths to rescore (0 = the boost ungated)")
+    ap.add_argument("--base-tells", action="store_true",
+                    help="also rescore with support from logprobs / n>1 and temperature spread only "
+                         "(key-0.8 to key-0.12), beside every extraction tell of the score (key-0.13)")
     args = ap.parse_args(argv)
     sim, recd = Path(args.sim_dir), Path(args.rec_dir)
     cfg = DetectorConfig()
@@ -195,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{path} does not exist: run the record mode for seed {s} first")
         with np.load(path, allow_pickle=False) as z:
             data[s] = ({k: z[k] for k in z.files}, orjson.loads((sim / f"seed{s}.truth.json").read_bytes()))
-    print(f"{'support':>8} {'pass':>7} {'benign':>6} {'missed':>6}  seeds with a median over 10 min")
-    for sup in args.support:
-        res = {s: rescore(rec, truth, cfg, sup) for s, (rec, truth) in data.items()}
+    print(f"{'tells':>5} {'support':>8} {'pass':>7} {'benign':>6} {'missed':>6}  seeds with a median over 10 min")
+    variants = [(t, sup) for t in ((False, True) if args.base_tells else (True,)) for sup in args.support]
+    for all_tells, sup in variants:
+        res = {s: rescore(rec, truth, cfg, sup, all_tells) for s, (rec, truth) in data.items()}
         slow = [s for s, r in res.items() if r["median_min"] is None or r["median_min"] > 10.0]
-        print(f"{sup:>8.3f} {sum(r['ok'] for r in res.values()):>3}/{len(res):<3} "
+        print(f"{'all' if all_tells else 'base':>5} {sup:>8.3f} {sum(r['ok'] for r in res.values()):>3}/{len(res):<3} "
               f"{sum(len(r['fp']) for r in res.values()):>6} {sum(len(r['missed']) for r in res.values()):>6}  "
               f"{' '.join(map(str, slow)) or '-'}")
     return 0

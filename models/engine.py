@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.12"
+MODEL_VERSION = "key-0.13"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -145,8 +145,9 @@ class DetectorConfig:
     population_support
         The upward part of that modulation (an outlier key) is scaled by
         ``min(1, outlier_support / population_support)``: being unusual counts only with
-        evidence outside content (sampling options, temperature spread, regular timing,
-        429s, volume, no streaming; :func:`models.policy.outlier_support`). An unusual
+        evidence outside content (sampling options, temperature spread, whole sampled answers,
+        templated prompts, regular timing, 429s, volume, no streaming;
+        :func:`models.policy.outlier_support`). An unusual
         *content* profile is already in ``s_dir``; a reasoning product whose users ask unusual
         questions is an outlier for that alone. 0 lets the whole boost through.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
@@ -211,7 +212,7 @@ class DetectorConfig:
     collect_weight: float = 0.6
     template_weight: float = 0.5
     population_weight: float = 0.25
-    population_support: float = 0.05
+    population_support: float = 0.15
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
     threshold_quantile: float = 0.995
@@ -425,7 +426,8 @@ class DetectionCore:
         if learn:
             pop.learn_rate(math.log1p(F.events_per_hour(ks)))
         # An outlier counts only with evidence outside content (see population_support).
-        score, support = population_score(s_dir, hst, vec, cfg.population_weight, cfg.population_support)
+        score, support = population_score(s_dir, hst, vec, cfg.population_weight, cfg.population_support,
+                                          cfg.collect_weight, cfg.template_weight)
         f[F.F_SCORE] = score
         # The key's own baseline: upward Page-Hinkley over its direction score.
         if warm and self.baseline.update(ks, s_dir):

@@ -238,13 +238,14 @@ def scrape_score(
     return min(max(score, 0.0), 1.0), contrib
 
 
-def outlier_support(vec: list[float]) -> float:
+def outlier_support(vec: list[float], collect_weight: float = 0.0, template_weight: float = 0.0) -> float:
     """Evidence outside content that a population outlier is a harvester, not an odd product.
 
     HalfSpaceTrees sees every direction feature, so a key is an outlier mostly for what it
     asks: a reasoning product's users ask the same capability questions, with the same CoT
     and long answers, as a harvester. This is the extraction evidence (the noisy-OR of
-    sampling options and temperature spread, as in :func:`scrape_score`) plus the automation
+    sampling options, temperature spread and, with their weights, whole sampled answers and
+    templated prompts: the same tells as :func:`scrape_score`) plus the automation
     evidence *without the duty cycle* (regular timing, 429s, volume, whole answers collected
     without streaming; each tell's weight over the whole automation weight). The duty cycle is
     left out because many people behind one key fill its minutes by volume alone. The engine
@@ -260,23 +261,26 @@ def outlier_support(vec: list[float]) -> float:
     0.205
     >>> round(outlier_support(vec(sampling_share=1.0)), 2)
     0.9
+    >>> round(outlier_support(vec(template_share=0.4), template_weight=0.5), 2)  # a dataset in templates
+    0.2
     """
     s = 0.0
     for i, w in _SUPPORT_AUTO:
         v = vec[i]
         if v == v:
             s += w * v
-    return _extraction(_extraction_terms(vec)) + s / _GROUP_W[2]
+    return _extraction(_extraction_terms(vec, collect_weight, template_weight)) + s / _GROUP_W[2]
 
 
 def population_score(s_dir: float, hst: float, vec: list[float], weight: float,
-                     support: float) -> tuple[float, float]:
+                     support: float, collect_weight: float = 0.0,
+                     template_weight: float = 0.0) -> tuple[float, float]:
     """The key's score: ``s_dir`` modulated by the HalfSpaceTrees outlier score ``hst``.
 
     ``score = s_dir * (1 + 2 * weight * (hst - 0.5))`` (no modulation before the trees have seen
     a window, ``hst`` 0), where the upward part (an outlier) is scaled by
-    ``min(1, outlier_support(vec) / support)`` when ``support`` > 0. Returns the score, clipped
-    to [0, 1], and that scale (1.0 when nothing was gated).
+    ``min(1, outlier_support(vec, collect_weight, template_weight) / support)`` when ``support``
+    > 0. Returns the score, clipped to [0, 1], and that scale (1.0 when nothing was gated).
 
     Examples
     --------
@@ -289,7 +293,7 @@ def population_score(s_dir: float, hst: float, vec: list[float], weight: float,
     boost = 2.0 * weight * (hst - 0.5) if hst > 0.0 else 0.0
     scale = 1.0
     if boost > 0.0 and support > 0.0:
-        scale = min(outlier_support(vec) / support, 1.0)
+        scale = min(outlier_support(vec, collect_weight, template_weight) / support, 1.0)
         boost *= scale
     return min(max(s_dir * (1.0 + boost), 0.0), 1.0), scale
 

@@ -567,7 +567,9 @@ def test_population_outlier_boost_needs_evidence_beyond_content(monkeypatch):
     gated = ratios(DetectorConfig())
     ungated = ratios(DetectorConfig(population_support=0.0))
     assert ungated["k_product"] == pytest.approx(full) and ungated["k_sampler"] == pytest.approx(full)
-    assert gated["k_product"] == pytest.approx(1.0)  # no evidence beyond content: no boost
+    # no evidence beyond content: (almost) no boost; random SimHashes now and then fall within
+    # the template distance of a recent prompt, a template share of a few percent
+    assert gated["k_product"] - 1.0 < 0.1 * (full - 1.0)
     assert gated["k_sampler"] == pytest.approx(full)  # logprobs and whole answers: all of it
 
 
@@ -721,3 +723,23 @@ def test_templated_prompts_are_an_extraction_tell_but_content_stays_necessary():
 def test_template_weight_is_validated():
     with pytest.raises(ValueError, match="template_weight"):
         DetectorConfig(template_weight=1.5)
+
+
+def test_outlier_support_counts_the_extraction_tells_the_score_counts():
+    """key-0.13: whole sampled answers and templated prompts support an outlier boost as they
+    raise the score; a busy streaming product with some regular timing and volume gets only
+    part of the boost."""
+    from models.policy import population_score
+
+    cfg = DetectorConfig()
+    w, sup, cw, tw = cfg.population_weight, cfg.population_support, cfg.collect_weight, cfg.template_weight
+    full = 1.0 + 2 * w * (0.9 - 0.5)
+    templated = direction_vector(template_share=0.4, novelty=1.0, sampled_decoding=1.0)
+    collected = direction_vector(non_streaming_share=0.3, sampled_decoding=1.0)
+    product = direction_vector(timing_regularity=0.17, rate=0.3, duty_cycle=1.0, sampled_decoding=1.0)
+    for v in (templated, collected):
+        assert population_score(0.3, 0.9, v, w, sup, cw, tw)[0] == pytest.approx(0.3 * full)
+        # counted from logprobs / n>1 and temperature spread only (key-0.12), it got little
+        assert population_score(0.3, 0.9, v, w, sup)[1] < 0.5
+    s, scale = population_score(0.3, 0.9, product, w, sup, cw, tw)
+    assert 0.0 < scale < 1.0 and 0.3 < s < 0.3 * full
