@@ -6,9 +6,10 @@ Layout of a key blob (little endian)::
 
     body = ints (struct ``_INTS``) | NF doubles | 8 uint64 SimHash ring | 256-byte Bloom filter
 
-Version 3 (key-0.4 to key-0.8) had 61 doubles; version 4 (key-0.9) appends the change-point
-state, which a v3 blob decodes to zeros (a CUSUM that just restarted), so an upgrade keeps every
-key's history.
+Version 3 (key-0.4 to key-0.8) had 61 doubles; version 4 (key-0.9 to key-0.13) appends the
+change-point state, which a v3 blob decodes to zeros (a CUSUM that just restarted); version 5
+(key-0.14) appends the last two conversations and the follow-up counts, which a v3 or v4 blob
+decodes to zeros (no conversation seen yet). An upgrade keeps every key's history.
 
 Decoding only parses numbers: it cannot execute anything. Anything that does not match the
 layout exactly (magic, version, length, ranges, non-finite floats) raises ``ValueError``.
@@ -28,14 +29,14 @@ from models.keymodel import KeyState
 
 __all__ = ["KEY_FORMAT_VERSION", "decode_key", "encode_key"]
 
-KEY_FORMAT_VERSION = 4
+KEY_FORMAT_VERSION = 5
 _MAGIC = b"MWK"
 # seq, events, last_min, mask, since_eval, ring_pos, bloom_n, bloom_gen, ep_seq, ep_sev,
 # ep_det, ep_events, evals
 _INTS = struct.Struct("<qqqQIBHBIBBII")
 _BODY_LEN = _INTS.size + 8 * F.NF + 64 + 256
 #: doubles per version this build reads; missing trailing doubles start at 0.0
-_NF_OF = {3: 61, KEY_FORMAT_VERSION: F.NF}
+_NF_OF = {3: 61, 4: 70, KEY_FORMAT_VERSION: F.NF}
 
 
 def encode_key(ks: KeyState) -> bytes:

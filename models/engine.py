@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.13"
+MODEL_VERSION = "key-0.14"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -139,6 +139,12 @@ class DetectorConfig:
         template) as one more extraction tell; 0 = off. Batch jobs, evals and agents template
         too: the tell multiplies content like the others, so their low content (or the greedy
         gate) keeps them low.
+    fabricated_weight, fabricated_prior
+        Fake follow-ups: a key whose follow-up turns do not carry their conversation's history
+        (:func:`models.features.fabricated_share`, shrunk by ``fabricated_prior``
+        pseudo-follow-ups) has its direction score multiplied by
+        ``1 + fabricated_weight * share``. Content stays necessary: a key that asks nothing a
+        harvester asks gains nothing from it. 0 = off.
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score:
         ``score = s_dir * (1 + 2 * population_weight * (hst - 0.5))``.
@@ -211,6 +217,8 @@ class DetectorConfig:
     unknown_relief: float = 1.0
     collect_weight: float = 0.6
     template_weight: float = 0.5
+    fabricated_weight: float = 1.0
+    fabricated_prior: float = 3.0
     population_weight: float = 0.25
     population_support: float = 0.15
     threshold_floor: float = 0.35
@@ -275,6 +283,10 @@ class DetectorConfig:
              f"template_weight must be in [0, 1], got {self.template_weight}")
         need(0.0 <= self.unknown_exponent <= 2.0,
              f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
+        need(0.0 <= self.fabricated_weight <= 5.0,
+             f"fabricated_weight must be in [0, 5], got {self.fabricated_weight}")
+        need(0.0 < self.fabricated_prior <= 100.0,
+             f"fabricated_prior must be in (0, 100], got {self.fabricated_prior}")
         need(0.0 <= self.population_weight <= 1.0,
              f"population_weight must be in [0, 1], got {self.population_weight}")
         need(0.0 <= self.population_support <= 1.0,
@@ -507,6 +519,14 @@ class DetectionCore:
                                  cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation,
                                       cfg.unknown_relief, cfg.collect_weight, cfg.template_weight)
+        if cfg.fabricated_weight > 0.0 and s_dir > 0.0:
+            fab = F.fabricated_share(ks, cfg.fabricated_prior)
+            if fab > 0.0:
+                # Fake follow-ups multiply the evidence; the features keep their relative shares
+                # of the score and fabricated_followups (in the reasons) takes the rest.
+                m = 1.0 + cfg.fabricated_weight * fab
+                s_dir = min(1.0, s_dir * m)
+                contrib = [c / m for c in contrib]
         return vec, s_dir, contrib
 
     def _benign_base(self, ks: KeyState) -> bool:
@@ -544,6 +564,10 @@ class DetectionCore:
             elif name == "output_ratio":
                 o, b = obs["completion_prompt_ratio"], math.exp(b * 2.5)
             out.append((name, o, b, contrib[i]))
+        fab = F.fabricated_share(ks, self.config.fabricated_prior)
+        if self.config.fabricated_weight > 0.0 and fab >= 0.1:
+            m = 1.0 + self.config.fabricated_weight * fab
+            out.append(("fabricated_followups", fab, 0.0, 1.0 - 1.0 / m))
         if det == _DET_DRIFT:
             out.append(("drift_score", ks.f[F.F_SCORE], ks.f[F.F_BASE], 0.0))
         return out

@@ -21,6 +21,7 @@ and can never fire because of that.
 from __future__ import annotations
 
 import math
+import zlib
 from array import array
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "apply_event",
     "events_per_hour",
     "direction_features",
+    "fabricated_share",
     "raw_observations",
 ]
 
@@ -100,7 +102,17 @@ F_RFAST = 60  # EW mean of log(completion/prompt) over the short horizon (answer
 F_HCP = 61
 F_CCP = 64
 F_SCP = 67
-NF = 70
+# Fabricated follow-ups (key-0.14): the key's last two conversations as (1 + crc32 of the
+# conversation id, context size = prompt + one answer's tokens of its latest request), and the
+# decayed count of follow-up turns matched to one of them, of which "cold" (the prompt does not
+# carry half the conversation so far: a fake follow-up on a fresh prompt).
+F_CONV0_H = 70
+F_CONV0_N = 71
+F_CONV1_H = 72
+F_CONV1_N = 73
+F_FU_W = 74
+F_FU_COLD = 75
+NF = 76
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
@@ -284,7 +296,13 @@ def apply_event(
         f[F_BATCH_S] = f[F_BATCH_S] * d + (0.0 if v else 1.0)
 
     v = ev.get("turn")
-    if v is None and f[F_TURN_W] > 0.0 and ev.get("conversation_id") is None:
+    conv = ev.get("conversation_id")
+    if conv is not None:
+        if _cold_followup(f, ev, conv, v, status, nsamp, d) and v is not None:
+            # A follow-up that does not carry its conversation is a one-shot request dressed as
+            # a conversation turn: it counts as single-turn.
+            v = 1
+    if v is None and f[F_TURN_W] > 0.0 and conv is None:
         # This key's gateway reports conversation turns (it has sent one): a request with
         # neither a turn nor a conversation id is outside any conversation, a one-shot call. A
         # drifting key whose old workload held conversations would otherwise keep its old
@@ -367,6 +385,64 @@ def apply_event(
 def _share(f, w_i: int, s_i: int) -> float:
     w = f[w_i]
     return f[s_i] / w if w > 1e-9 else 0.0
+
+
+_COLD_CONTEXT = 0.5  # a follow-up whose prompt is under half its conversation so far is cold
+
+
+def _cold_followup(f, ev: dict, conv: str, turn, status: int, nsamp, d: float) -> bool:
+    """Track the key's last two conversations; True for a *cold* follow-up.
+
+    Chat APIs are stateless: turn N of a conversation sends the turns before it, so its
+    ``prompt_tokens`` is at least the previous request's prompt plus its answer (clients that
+    trim or summarise a long history shrink it a little, not by half). A request that says it is
+    a later turn (``turn`` > 1) of one of the key's two latest conversations but whose prompt is
+    under half of that conversation's context is a fake follow-up: a harvest script labelling a
+    fresh prompt as a continuation to look like a chat. A turn of a conversation the key has not
+    sent lately is left out (unknown), and so is the first request of a conversation.
+    """
+    h = float(zlib.crc32(conv.encode("utf-8", "surrogatepass")) + 1)
+    pt = ev["prompt_tokens"]
+    ct = ev["completion_tokens"] if 200 <= status < 300 else 0
+    if nsamp is not None and nsamp > 1:
+        ct = ct / nsamp
+    size = pt + ct
+    cold = False
+    if h == f[F_CONV0_H]:
+        prev = f[F_CONV0_N]
+    elif h == f[F_CONV1_H]:
+        prev = f[F_CONV1_N]
+        f[F_CONV1_H], f[F_CONV1_N] = f[F_CONV0_H], f[F_CONV0_N]  # most recent first
+    else:
+        prev = -1.0
+        f[F_CONV1_H], f[F_CONV1_N] = f[F_CONV0_H], f[F_CONV0_N]
+    f[F_CONV0_H] = h
+    f[F_CONV0_N] = size
+    if turn is not None and turn > 1 and prev > 0.0:
+        cold = pt < _COLD_CONTEXT * prev
+        f[F_FU_W] = f[F_FU_W] * d + 1.0
+        f[F_FU_COLD] = f[F_FU_COLD] * d + (1.0 if cold else 0.0)
+    return cold
+
+
+def fabricated_share(ks, prior: float = 3.0) -> float:
+    """Share of the key's matched follow-up turns that were cold (fake), shrunk toward 0 by
+    ``prior`` pseudo-follow-ups: a few cold turns are weak evidence, many are strong.
+
+    Examples
+    --------
+    >>> from models.keymodel import KeyState
+    >>> ks = KeyState()
+    >>> base = {"ts": 0.0, "api_key": "k", "prompt_tokens": 40, "completion_tokens": 600,
+    ...         "status": 200, "conversation_id": "c1"}
+    >>> for i in range(6):  # turn 2 on a fresh 40-token prompt, each after a 640-token turn
+    ...     apply_event(ks, dict(base, ts=float(i), turn=1 if i == 0 else 2), 1 / 32, 0, 20, 96)
+    >>> round(fabricated_share(ks), 2)
+    0.61
+    """
+    f = ks.f
+    w = f[F_FU_W]
+    return f[F_FU_COLD] / (w + prior) if w > 0.0 else 0.0
 
 
 def events_per_hour(ks) -> float:

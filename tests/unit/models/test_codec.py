@@ -152,4 +152,26 @@ def test_v3_blob_keeps_the_keys_history_and_starts_its_change_points_at_zero():
     back = decode_key(b"MWK" + bytes((3, 0)) + v3)
     assert back.events == 40 and back.seq == 99
     assert list(back.f[:61]) == list(ks.f[:61]) and list(back.f[61:]) == [0.0] * (Fm.NF - 61)
-    assert Fm.F_HCP == 61 and Fm.F_SCP + 3 == Fm.NF  # the change points are what v4 appended
+    assert Fm.F_HCP == 61 and Fm.F_SCP + 3 == 70  # the change points are what v4 appended
+
+
+@pytest.mark.parametrize("version, nf", [(3, 61), (4, 70)])
+def test_older_blobs_start_the_conversation_state_empty(version, nf):
+    """A v3/v4 blob (key-0.4 to key-0.13) decodes with no conversation seen and no follow-ups:
+    the key keeps its history and its fabricated share starts at 0."""
+    import zlib
+
+    from models import features as Fm
+    from models.codec import _INTS, encode_key
+    from models.keymodel import KeyState
+
+    ks = KeyState()
+    ks.events, ks.seq = 12, 7
+    for i in range(Fm.NF):
+        ks.f[i] = 1.5 + i
+    body = zlib.decompress(encode_key(ks)[5:])
+    old = body[: _INTS.size + 8 * nf] + body[_INTS.size + 8 * Fm.NF :]
+    back = decode_key(b"MWK" + bytes((version, 0)) + old)
+    assert list(back.f[:nf]) == list(ks.f[:nf])
+    assert list(back.f[Fm.F_CONV0_H :]) == [0.0] * (Fm.NF - Fm.F_CONV0_H)
+    assert Fm.fabricated_share(back) == 0.0 and Fm.fabricated_share(ks) > 0.0

@@ -743,3 +743,81 @@ def test_outlier_support_counts_the_extraction_tells_the_score_counts():
         assert population_score(0.3, 0.9, v, w, sup)[1] < 0.5
     s, scale = population_score(0.3, 0.9, product, w, sup, cw, tw)
     assert 0.0 < scale < 1.0 and 0.3 < s < 0.3 * full
+
+
+def _conversations(key, fresh_followups, n=48, **kw):
+    """A key asking capability questions in conversations of three turns. A real follow-up
+    resends the conversation so far (its prompt grows by the last prompt and answer); with
+    ``fresh_followups`` turns 2-3 are fresh short prompts labelled as follow-ups."""
+    out, ctx = [], 0
+    for i in range(n):
+        turn = i % 3 + 1
+        new = 80 + 7 * (i % 5)
+        prompt = new if turn == 1 or fresh_followups else ctx + new
+        answer = 900 + 11 * (i % 7)
+        ctx = prompt + answer  # what the next real follow-up resends
+        out.append({"event_id": f"{key}-{i}", "ts": T0 + 45.0 * i, "api_key": key, "status": 200,
+                    "prompt_tokens": prompt, "completion_tokens": answer, "turn": turn,
+                    "conversation_id": f"{key}-c{i // 3}", "topic": ("code", "math")[i % 2],
+                    "cot_request": i % 4 == 0, "temperature": 0.7, "stream": True, **kw})
+    return out
+
+
+def test_fake_followups_are_counted_real_ones_and_unknown_conversations_are_not():
+    from models.features import FEATURES, apply_event, direction_features, fabricated_share
+    from models.keymodel import KeyState
+
+    def run(events):
+        ks = KeyState()
+        for e in events:
+            apply_event(ks, e, 1 / 32, 0, 20, 96)
+        return ks
+
+    real, fake = run(_conversations("r", False)), run(_conversations("f", True))
+    assert fabricated_share(real) == 0.0
+    assert fabricated_share(fake) > 0.75  # 32 cold follow-ups, shrunk by 3 pseudo-follow-ups
+    # a fake follow-up is a one-shot request: it counts as single-turn
+    st = FEATURES.index("single_turn_share")
+    assert direction_features(fake, 0.0)[st] > 0.9 > 0.5 > direction_features(real, 0.0)[st]
+    # turns of conversations the key has not sent lately (or the first turn) are not judged
+    stray = run([dict(e, conversation_id=f"s{i}") for i, e in enumerate(_conversations("s", True))])
+    assert fabricated_share(stray) == 0.0
+    # a client that trims a long history keeps more than half of it
+    trimmed = _conversations("t", False)
+    for e in trimmed:
+        if e["turn"] == 3:
+            e["prompt_tokens"] = int(e["prompt_tokens"] * 0.7)
+    assert fabricated_share(run(trimmed)) == 0.0
+
+
+def test_fake_followups_raise_the_score_and_are_named_but_content_stays_necessary():
+    def last_eval(events, **cfg):
+        core = DetectionCore(DetectorConfig(**cfg))
+        for i, e in enumerate(events):
+            core.process(e, seq=i)
+        ks = core.keys[events[0]["api_key"]]
+        vec, s_dir, contrib = core._direction(ks)
+        return core, ks, vec, s_dir, contrib
+
+    _, _, _, real, _ = last_eval(_conversations("r", False))
+    core, ks, vec, fake, contrib = last_eval(_conversations("f", True))
+    _, _, _, fake_off, _ = last_eval(_conversations("f", True), fabricated_weight=0.0)
+    assert fake > 1.5 * fake_off and fake_off > real
+    reasons = core._reasons(ks, vec, contrib, 0)
+    named = [r for r in reasons if r[0] == "fabricated_followups"]
+    assert named and named[0][1] > 0.75 and 0.3 < named[0][3] < 0.5
+    assert abs(sum(contrib) + named[0][3] - 1.0) < 1e-9
+    from models.policy import explain
+    assert "follow-up turns" in explain("fabricated_followups", named[0][1], named[0][2])
+    # short answers to chat questions with fake follow-ups: no content, no score to multiply
+    chat = [dict(e, topic="chat", completion_tokens=60, cot_request=False)
+            for e in _conversations("c", True)]
+    _, _, _, s_chat, _ = last_eval(chat)
+    assert s_chat < 0.5 * DetectorConfig().threshold_floor
+
+
+def test_fabricated_config_is_validated():
+    with pytest.raises(ValueError, match="fabricated_weight"):
+        DetectorConfig(fabricated_weight=-1.0)
+    with pytest.raises(ValueError, match="fabricated_prior"):
+        DetectorConfig(fabricated_prior=0.0)
