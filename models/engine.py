@@ -519,15 +519,19 @@ class DetectionCore:
                                  cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation,
                                       cfg.unknown_relief, cfg.collect_weight, cfg.template_weight)
-        if cfg.fabricated_weight > 0.0 and s_dir > 0.0:
-            fab = F.fabricated_share(ks, cfg.fabricated_prior)
-            if fab > 0.0:
-                # Fake follow-ups multiply the evidence; the features keep their relative shares
-                # of the score and fabricated_followups (in the reasons) takes the rest.
-                m = 1.0 + cfg.fabricated_weight * fab
-                s_dir = min(1.0, s_dir * m)
-                contrib = [c / m for c in contrib]
+        m = self._fabricated(ks)[1]
+        if m > 1.0 and s_dir > 0.0:
+            # Fake follow-ups multiply the evidence; the features keep their relative shares of
+            # the score and fabricated_followups (in the reasons) takes the rest.
+            s_dir = min(1.0, s_dir * m)
+            contrib = [c / m for c in contrib]
         return vec, s_dir, contrib
+
+    def _fabricated(self, ks: KeyState) -> tuple[float, float]:
+        """The key's fake follow-up share and the factor it multiplies the direction score by."""
+        cfg = self.config
+        fab = F.fabricated_share(ks, cfg.fabricated_prior)
+        return fab, 1.0 + cfg.fabricated_weight * fab
 
     def _benign_base(self, ks: KeyState) -> bool:
         """The key's own slow score baseline is clearly below the line (or it has none yet)."""
@@ -564,9 +568,8 @@ class DetectionCore:
             elif name == "output_ratio":
                 o, b = obs["completion_prompt_ratio"], math.exp(b * 2.5)
             out.append((name, o, b, contrib[i]))
-        fab = F.fabricated_share(ks, self.config.fabricated_prior)
-        if self.config.fabricated_weight > 0.0 and fab >= 0.1:
-            m = 1.0 + self.config.fabricated_weight * fab
+        fab, m = self._fabricated(ks)
+        if m > 1.0 and fab >= 0.1:
             out.append(("fabricated_followups", fab, 0.0, 1.0 - 1.0 / m))
         if det == _DET_DRIFT:
             out.append(("drift_score", ks.f[F.F_SCORE], ks.f[F.F_BASE], 0.0))

@@ -297,11 +297,10 @@ def apply_event(
 
     v = ev.get("turn")
     conv = ev.get("conversation_id")
-    if conv is not None:
-        if _cold_followup(f, ev, conv, v, status, nsamp, d) and v is not None:
-            # A follow-up that does not carry its conversation is a one-shot request dressed as
-            # a conversation turn: it counts as single-turn.
-            v = 1
+    if conv is not None and _cold_followup(f, ev, conv, v, status, nsamp, d):
+        # A follow-up that does not carry its conversation is a one-shot request dressed as a
+        # conversation turn: it counts as single-turn.
+        v = 1
     if v is None and f[F_TURN_W] > 0.0 and conv is None:
         # This key's gateway reports conversation turns (it has sent one): a request with
         # neither a turn nor a conversation id is outside any conversation, a one-shot call. A
@@ -406,22 +405,18 @@ def _cold_followup(f, ev: dict, conv: str, turn, status: int, nsamp, d: float) -
     ct = ev["completion_tokens"] if 200 <= status < 300 else 0
     if nsamp is not None and nsamp > 1:
         ct = ct / nsamp
-    size = pt + ct
-    cold = False
     if h == f[F_CONV0_H]:
         prev = f[F_CONV0_N]
-    elif h == f[F_CONV1_H]:
-        prev = f[F_CONV1_N]
-        f[F_CONV1_H], f[F_CONV1_N] = f[F_CONV0_H], f[F_CONV0_N]  # most recent first
-    else:
-        prev = -1.0
+    else:  # the other slot or a new conversation: slot 0 moves to slot 1 (most recent first)
+        prev = f[F_CONV1_N] if h == f[F_CONV1_H] else -1.0
         f[F_CONV1_H], f[F_CONV1_N] = f[F_CONV0_H], f[F_CONV0_N]
     f[F_CONV0_H] = h
-    f[F_CONV0_N] = size
-    if turn is not None and turn > 1 and prev > 0.0:
-        cold = pt < _COLD_CONTEXT * prev
-        f[F_FU_W] = f[F_FU_W] * d + 1.0
-        f[F_FU_COLD] = f[F_FU_COLD] * d + (1.0 if cold else 0.0)
+    f[F_CONV0_N] = pt + ct
+    if turn is None or turn <= 1 or prev <= 0.0:
+        return False
+    cold = pt < _COLD_CONTEXT * prev
+    f[F_FU_W] = f[F_FU_W] * d + 1.0
+    f[F_FU_COLD] = f[F_FU_COLD] * d + (1.0 if cold else 0.0)
     return cold
 
 
