@@ -231,6 +231,7 @@ def apply_event(
     # logprobs / n default to off in the API, so an absent field is a "no", not unknown.
     samp = (nsamp is not None and nsamp > 1) or bool(ev.get("logprobs")) or bool(ev.get("top_logprobs"))
     status = ev["status"]
+    answer = 0  # one answer's tokens (0 when the request was not answered)
     if 200 <= status < 300:
         # Token sizes only from answered requests: a 429 or 5xx has no completion, and a
         # throttled harvester must not look like a key with short outputs.
@@ -238,6 +239,7 @@ def apply_event(
         ct = ev["completion_tokens"]
         if nsamp is not None and nsamp > 1:
             ct = ct / nsamp  # completion_tokens sums the n samples: compare one answer
+        answer = ct
         lr = math.log((ct + 1.0) / (pt + 1.0))
         lp = math.log(pt + 1.0)
         lc = math.log(ct + 1.0)
@@ -297,7 +299,7 @@ def apply_event(
 
     v = ev.get("turn")
     conv = ev.get("conversation_id")
-    if conv is not None and _cold_followup(f, ev, conv, v, status, nsamp, d):
+    if conv is not None and _cold_followup(f, conv, v, ev["prompt_tokens"], answer, d):
         # A follow-up that does not carry its conversation is a one-shot request dressed as a
         # conversation turn: it counts as single-turn.
         v = 1
@@ -389,7 +391,7 @@ def _share(f, w_i: int, s_i: int) -> float:
 _COLD_CONTEXT = 0.5  # a follow-up whose prompt is under half its conversation so far is cold
 
 
-def _cold_followup(f, ev: dict, conv: str, turn, status: int, nsamp, d: float) -> bool:
+def _cold_followup(f, conv: str, turn, pt: int, answer: float, d: float) -> bool:
     """Track the key's last two conversations; True for a *cold* follow-up.
 
     Chat APIs are stateless: turn N of a conversation sends the turns before it, so its
@@ -399,19 +401,17 @@ def _cold_followup(f, ev: dict, conv: str, turn, status: int, nsamp, d: float) -
     under half of that conversation's context is a fake follow-up: a harvest script labelling a
     fresh prompt as a continuation to look like a chat. A turn of a conversation the key has not
     sent lately is left out (unknown), and so is the first request of a conversation.
+    ``answer`` is the request's one answer (``apply_event``'s per-sample completion, 0 when
+    it was not answered).
     """
     h = float(zlib.crc32(conv.encode("utf-8", "surrogatepass")) + 1)
-    pt = ev["prompt_tokens"]
-    ct = ev["completion_tokens"] if 200 <= status < 300 else 0
-    if nsamp is not None and nsamp > 1:
-        ct = ct / nsamp
     if h == f[F_CONV0_H]:
         prev = f[F_CONV0_N]
     else:  # the other slot or a new conversation: slot 0 moves to slot 1 (most recent first)
         prev = f[F_CONV1_N] if h == f[F_CONV1_H] else -1.0
         f[F_CONV1_H], f[F_CONV1_N] = f[F_CONV0_H], f[F_CONV0_N]
     f[F_CONV0_H] = h
-    f[F_CONV0_N] = pt + ct
+    f[F_CONV0_N] = pt + answer
     if turn is None or turn <= 1 or prev <= 0.0:
         return False
     cold = pt < _COLD_CONTEXT * prev
