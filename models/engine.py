@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.14"
+MODEL_VERSION = "key-0.15"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -101,8 +101,10 @@ class DetectorConfig:
         A key cannot fire before it has this many events and this much history.
     share_alpha
         Event-count EW rate of the per-key shares (1/32: about the last 32 events).
-    prior_weight
-        Pseudo-count of the population prior the content shares are shrunk toward.
+    prior_weight, prior_relief
+        Pseudo-count of the population prior the content shares are shrunk toward, and how much
+        of it a key's extraction evidence (sampling options, temperature spread; noisy-OR)
+        removes: ``prior_weight x (1 - prior_relief x extraction)``. 0 = no relief.
     fast_alpha, fast_weight, fast_z, fast_shares, fast_ratio
         Short-horizon shares: an EW(``fast_alpha``) share of harvest requests (about the
         last 5) raises the long share by ``fast_weight`` times its rise beyond ``fast_z``
@@ -202,6 +204,7 @@ class DetectorConfig:
     warmup_seconds: float = 60.0
     share_alpha: float = 1.0 / 32.0
     prior_weight: float = 3.0
+    prior_relief: float = 1.0
     fast_alpha: float = 0.2
     fast_weight: float = 1.0
     fast_z: float = 1.5
@@ -298,6 +301,7 @@ class DetectorConfig:
              f"threshold_quantile must be in [0.5, 1), got {self.threshold_quantile}")
         need(isinstance(self.prior_weight, (int, float)) and 0.0 <= self.prior_weight <= 1000.0,
              f"prior_weight must be in [0, 1000], got {self.prior_weight}")
+        need(0.0 <= self.prior_relief <= 1.0, f"prior_relief must be in [0, 1], got {self.prior_relief}")
         for name in ("threshold_margin", "drift_bonus", "drift_min_rise", "fast_open_margin", "resolve_margin", "fp_penalty", "ph_delta"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
@@ -516,7 +520,8 @@ class DetectionCore:
         cfg = self.config
         pop = self.population
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha,
-                                 cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h)
+                                 cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h,
+                                 cfg.prior_relief)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation,
                                       cfg.unknown_relief, cfg.collect_weight, cfg.template_weight)
         m = self._fabricated(ks)[1]

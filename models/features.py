@@ -518,6 +518,7 @@ def direction_features(
     ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0, fast_weight: float = 0.0,
     fast_alpha: float = 0.125, fast_z: float = 0.0, fast_shares: bool = False,
     fast_ratio: bool = False, benign_base: bool = True, change_h: float = 0.0,
+    prior_relief: float = 0.0,
 ) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
@@ -529,7 +530,11 @@ def direction_features(
     With ``prior`` (the population means, FEATURES order) and ``prior_weight`` > 0, the content
     shares of a key with little evidence are shrunk toward the population (empirical Bayes:
     ``(w * share + m * prior) / (w + m)``): five requests that happen to look like harvesting
-    are weak evidence; five hundred are not.
+    are weak evidence; five hundred are not. With ``prior_relief`` > 0 the pseudo-count ``m``
+    shrinks with the key's extraction evidence (the noisy-OR of sampling options and temperature
+    spread, as in the score): ``m x (1 - prior_relief x extraction)``. A product's first few
+    requests carry no logprobs, n > 1 or temperature sweep; five requests that also ask for
+    the answer distribution are less likely to look like harvesting by luck.
 
     With ``fast_ratio``, a key whose own history was benign (``benign_base``) and whose harvest
     share rose beyond noise in the short window also has its answer/prompt ratio judged on its
@@ -599,6 +604,9 @@ def direction_features(
         # would keep shrinking a key with a long, clear history).
         n = float(ks.events)
         m = prior_weight
+        if prior_relief > 0.0:
+            ext = 1.0 - (1.0 - _EXTRACTION_W[0] * samp) * (1.0 - _EXTRACTION_W[1] * temp_t)
+            m *= 1.0 - prior_relief * ext
         for i in _SHRINK:
             v = vec[i]
             if v == v:

@@ -314,6 +314,8 @@ def test_confirmed_key_fires_at_least_warning(stream):
         {"threshold_floor": 0.9, "threshold_ceiling": 0.5},
         {"idle_ttl": float("nan")},
         {"dup_bits": 30, "template_bits": 20},
+        {"prior_relief": 1.5},
+        {"prior_relief": -0.1},
     ],
 )
 def test_config_rejects_bad_hyperparameters(bad):
@@ -423,6 +425,41 @@ def test_whole_sampled_answers_are_an_extraction_tell_but_greedy_or_streamed_one
         assert score(v)[0] == pytest.approx(score(v, 0.0)[0])
     # Content stays necessary: whole sampled answers to ordinary chat score nothing.
     assert score(vec(sampled_decoding=1.0, non_streaming_share=1.0, novelty=1.0))[0] == 0.0
+
+
+def test_extraction_tells_relieve_the_small_sample_shrinkage_but_not_the_content():
+    from models.features import FEATURES, apply_event, direction_features
+    from models.keymodel import KeyState
+
+    def ev(i, sampling, long_answer=True):
+        e = {"event_id": str(i), "ts": T0 + 120.0 * i, "api_key": "k", "status": 200,
+             "prompt_tokens": 150, "completion_tokens": 1500 if long_answer else 60,
+             "topic": "math" if long_answer else "chat", "turn": 1 if long_answer else 2}
+        if sampling:
+            e.update(logprobs=True, temperature=(0.1, 0.8, 0.3, 1.0, 0.5)[i % 5])
+        else:
+            e["temperature"] = 0.7
+        return e
+
+    prior = [0.05] * len(FEATURES)  # a population that rarely harvests
+    h, s1 = FEATURES.index("harvest_share"), FEATURES.index("single_turn_share")
+    plain, sampler, chatter = KeyState(), KeyState(), KeyState()
+    for i in range(5):
+        apply_event(plain, ev(i, False), 1 / 32, 0, 20, 96)
+        apply_event(sampler, ev(i, True), 1 / 32, 0, 20, 96)
+        apply_event(chatter, ev(i, True, long_answer=False), 1 / 32, 0, 20, 96)
+
+    def vec(ks, relief):
+        return direction_features(ks, 0.0, prior, 3.0, prior_relief=relief)
+
+    # Five harvest-looking requests without sampling options stay shrunk (5 of 8 the key's own)
+    # whatever the relief; with logprobs and a temperature sweep they count almost at face value.
+    assert vec(plain, 1.0)[h] == vec(plain, 0.0)[h] == pytest.approx((5 * 1.0 + 3 * 0.05) / 8)
+    assert vec(sampler, 0.0)[h] == pytest.approx(vec(plain, 0.0)[h])
+    assert vec(sampler, 1.0)[h] > 0.9 and vec(sampler, 0.5)[h] < vec(sampler, 1.0)[h]
+    # The relief brings the key's own shares forward; it does not make harvesting out of chat.
+    chat = vec(chatter, 1.0)
+    assert chat[h] < 0.05 and chat[s1] < 0.05
 
 
 def test_short_window_raises_harvest_share_after_a_drift_but_never_lowers_it():
