@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.15"
+MODEL_VERSION = "key-0.16"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -448,8 +448,15 @@ class DetectionCore:
         # The key's own baseline: upward Page-Hinkley over its direction score.
         if warm and self.baseline.update(ks, s_dir):
             f[F.F_DRIFT_TS] = ts
-        base = f[F.F_BASE]
-        f[F.F_BASE] = s_dir if ks.evals == 1 else base + 0.05 * (s_dir - base)
+        # The key's slow baseline: EW(0.05) of its warm scores, bias-corrected (their running
+        # mean over its first 20 evaluations; before warm-up it just follows the score), so it
+        # starts from the key's own level. Decayed from the score of its first request, it sat
+        # below a new key for tens of evaluations and read the fading small-sample shrinkage
+        # as a drift (key-0.16).
+        if warm:
+            f[F.F_BASE] += max(0.05, 1.0 / ks.evals) * (s_dir - f[F.F_BASE])
+        else:
+            f[F.F_BASE] = s_dir
         self._maybe_snapshot(k, ks, event, score, vec, ts)
 
         verdict = None

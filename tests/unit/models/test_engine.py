@@ -560,6 +560,31 @@ def _product(rng, key, t0, t1, per_hour, **kw):
     return out
 
 
+def test_a_new_keys_baseline_starts_from_its_own_warm_scores():
+    """A key that behaves the same from its first request has no drift to show: its baseline
+    averages its warm scores (not the shrunk score of its first two requests, decayed slowly),
+    so the score it reaches as its small-sample shrinkage fades is not a rise above it."""
+    rng = random.Random(5)
+    ev = []
+    for j in range(8):
+        ev += human(rng, f"h{j}", T0, T0 + 2 * 3600.0, per_hour=20.0)
+    ev += _product(rng, "k_product", T0, T0 + 2 * 3600.0, 20.0)
+    ev.sort(key=lambda e: (e["ts"], e["api_key"]))
+    core = DetectionCore()
+    scores = []
+    for i, e in enumerate(ev):
+        ks = core.keys.get(e["api_key"])
+        before = ks.evals if ks is not None else 0
+        core.process(e, i)
+        ks = core.keys["k_product"] if e["api_key"] == "k_product" else None
+        if ks is not None and ks.evals > before:
+            scores.append(core._direction(ks)[1])
+    ks = core.keys["k_product"]
+    assert 20 <= ks.evals and scores[0] < scores[-1] - 0.05  # the score rose as shrinkage faded
+    assert abs(ks.f[F.F_BASE] - sum(scores[-10:]) / 10) < 0.05  # the baseline followed it
+    assert not any(a["detector"] == "key_drift" for a in run(DetectionCore(), ev))
+
+
 def test_population_outlier_boost_needs_evidence_beyond_content(monkeypatch):
     """A key the outlier model finds unusual is boosted only in proportion to its evidence
     outside content: a streaming product at human times gets no boost for asking unusual
