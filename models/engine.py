@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.16"
+MODEL_VERSION = "key-0.17"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -131,8 +131,8 @@ class DetectorConfig:
         ``(c0, c1, c2)`` of ``content * (c0 + c1*extraction + c2*automation)``; sums to 1.
     unknown_exponent, unknown_automation, unknown_relief
         How much content evidence a key loses for content fields its gateway does not send, how
-        much more its automation evidence then weighs, and how much machine-like arrival
-        (automation) relieves that loss (models.policy.scrape_score).
+        much more its automation evidence then weighs, and how much machine-like arrival or
+        extraction tells (their noisy-OR) relieve that loss (models.policy.scrape_score).
     collect_weight
         Weight of whole sampled answers (non-streaming x temperature > 0) as an extraction
         tell beside logprobs / n > 1 and temperature sweeps; 0 = off.

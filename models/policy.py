@@ -142,10 +142,12 @@ def scrape_score(
         the unknown share of content weight (what is asked is uncertain, so how it arrives
         carries more of the evidence; content stays necessary).
     unknown_relief
-        The unknown-content penalty exponent is scaled by ``1 - unknown_relief * automation``:
-        a key whose arrivals are machine-like (regular, flat, at volume, throttled) loses less
-        of its known content evidence (the long-answer share) to the fields its gateway does
-        not send. 0 = off; content is still necessary.
+        The unknown-content penalty exponent is scaled by ``1 - unknown_relief * how``, where
+        ``how`` is the noisy-OR of the automation and extraction evidence: a key whose arrivals
+        are machine-like (regular, flat, at volume, throttled) or that asks for the answer
+        distribution (sampling options, a temperature sweep, whole sampled answers, templated
+        prompts) loses less of its known content evidence (the long-answer share) to the fields
+        its gateway does not send. 0 = off; content is still necessary.
     collect_weight
         Weight of whole sampled answers (``non_streaming_share x sampled_decoding``, see
         :func:`_collected`) as one more tell in the extraction noisy-OR. 0 = off.
@@ -197,8 +199,14 @@ def scrape_score(
         if v == v:
             s += w * v
     automation = s / _GROUP_W[2]  # unknown (NaN) automation tells count as 0
+    ext_terms = _extraction_terms(vec, collect_weight, template_weight)
+    extraction = _extraction(ext_terms)
     if known_w < _GROUP_W[0]:
-        expo = unknown_exponent * (1.0 - unknown_relief * automation) if unknown_relief > 0.0 else unknown_exponent
+        if unknown_relief > 0.0:
+            how = 1.0 - (1.0 - automation) * (1.0 - extraction)
+            expo = unknown_exponent * (1.0 - unknown_relief * how)
+        else:
+            expo = unknown_exponent
         content = acc / known_w * (known_w / _GROUP_W[0]) ** expo
     else:
         content = acc / known_w
@@ -210,8 +218,6 @@ def scrape_score(
     # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled
     # answers *or* templated prompts is the tell, one is enough. Automation is a weighted
     # mean: each of its tells is weak alone.
-    ext_terms = _extraction_terms(vec, collect_weight, template_weight)
-    extraction = _extraction(ext_terms)
     c0, c1, c2 = mix
     if unknown_automation > 0.0:
         c2 = c2 * (1.0 + unknown_automation * (1.0 - known_w / _GROUP_W[0]))

@@ -395,6 +395,14 @@ def test_machine_like_arrival_relieves_unknown_content_but_content_stays_necessa
     on = scrape_score(lean_harvester, mix, 0.5, 0.0, 1.0)[0]
     assert on > off * 1.1
     assert scrape_score(lean_batch, mix, 0.5, 0.0, 1.0)[0] == 0.0
+    # A key at human times that sweeps temperatures is relieved as well (key-0.17); one at
+    # human times without extraction tells keeps the whole penalty.
+    sweeper = vec(harvest_share=0.6, output_ratio=0.4, temperature_spread=0.6)
+    person = vec(harvest_share=0.6, output_ratio=0.4)
+    relieved = scrape_score(sweeper, mix, 0.5, 0.0, 1.0)[0] / scrape_score(sweeper, mix, 0.5, 0.0, 0.0)[0]
+    assert relieved > 1.1
+    assert scrape_score(person, mix, 0.5, 0.0, 1.0)[0] == pytest.approx(scrape_score(person, mix, 0.5, 0.0, 0.0)[0])
+    assert scrape_score(vec(temperature_spread=1.0, sampling_share=1.0), mix, 0.5, 0.0, 1.0)[0] == 0.0
 
 
 def test_whole_sampled_answers_are_an_extraction_tell_but_greedy_or_streamed_ones_are_not():
