@@ -605,8 +605,7 @@ def direction_features(
         n = float(ks.events)
         m = prior_weight
         if prior_relief > 0.0:
-            ext = 1.0 - (1.0 - _EXTRACTION_W[0] * samp) * (1.0 - _EXTRACTION_W[1] * temp_t)
-            m *= 1.0 - prior_relief * ext
+            m *= 1.0 - prior_relief * _sampling_extraction(samp, temp_t)
         for i in _SHRINK:
             v = vec[i]
             if v == v:
@@ -643,8 +642,12 @@ def _fast_ratio(ratio_t: float, long: float, fast: float, weight: float, samp: f
     fr = 1.0 if fr > 1.0 else fr
     if fr <= ratio_t:
         return ratio_t
-    ext = 1.0 - (1.0 - _EXTRACTION_W[0] * samp) * (1.0 - _EXTRACTION_W[1] * temp_t)
-    return ratio_t + ext * (fr - ratio_t)
+    return ratio_t + _sampling_extraction(samp, temp_t) * (fr - ratio_t)
+
+
+def _sampling_extraction(samp: float, temp_t: float) -> float:
+    """Noisy-OR of the sampling-options and temperature-spread tells, as the score weighs them."""
+    return 1.0 - (1.0 - _EXTRACTION_W[0] * samp) * (1.0 - _EXTRACTION_W[1] * temp_t)
 
 
 def _fast_rise(long: float, s: float, w: float, weight: float, alpha: float, z: float) -> float:

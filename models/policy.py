@@ -202,12 +202,8 @@ def scrape_score(
     ext_terms = _extraction_terms(vec, collect_weight, template_weight)
     extraction = _extraction(ext_terms)
     if known_w < _GROUP_W[0]:
-        if unknown_relief > 0.0:
-            how = 1.0 - (1.0 - automation) * (1.0 - extraction)
-            expo = unknown_exponent * (1.0 - unknown_relief * how)
-        else:
-            expo = unknown_exponent
-        content = acc / known_w * (known_w / _GROUP_W[0]) ** expo
+        how = 1.0 - (1.0 - automation) * (1.0 - extraction)  # machine-like or extracting
+        content = acc / known_w * (known_w / _GROUP_W[0]) ** (unknown_exponent * (1.0 - unknown_relief * how))
     else:
         content = acc / known_w
     nov = vec[_NOVELTY]
