@@ -553,6 +553,17 @@ def test_a_bare_request_is_one_shot_once_the_key_has_reported_turns():
     assert math.isnan(direction_features(bare, 0.0)[st])
 
 
+def _evaluations(core, events):
+    """Process ``events`` in order; yield ``(event, key state)`` after each that evaluated its key."""
+    for i, e in enumerate(events):
+        ks = core.keys.get(e["api_key"])
+        before = ks.evals if ks is not None else 0
+        core.process(e, i)
+        ks = core.keys[e["api_key"]]
+        if ks.evals > before:
+            yield e, ks
+
+
 def _product(rng, key, t0, t1, per_hour, **kw):
     """Capability questions with CoT and long answers at bursty human times: a reasoning
     product's traffic, or with ``kw`` (logprobs, no streaming) a harvester's."""
@@ -579,14 +590,7 @@ def test_a_new_keys_baseline_starts_from_its_own_warm_scores():
     ev += _product(rng, "k_product", T0, T0 + 2 * 3600.0, 20.0)
     ev.sort(key=lambda e: (e["ts"], e["api_key"]))
     core = DetectionCore()
-    scores = []
-    for i, e in enumerate(ev):
-        ks = core.keys.get(e["api_key"])
-        before = ks.evals if ks is not None else 0
-        core.process(e, i)
-        ks = core.keys["k_product"] if e["api_key"] == "k_product" else None
-        if ks is not None and ks.evals > before:
-            scores.append(core._direction(ks)[1])
+    scores = [core._direction(ks)[1] for e, ks in _evaluations(core, ev) if e["api_key"] == "k_product"]
     ks = core.keys["k_product"]
     assert 20 <= ks.evals and scores[0] < scores[-1] - 0.05  # the score rose as shrinkage faded
     assert abs(ks.f[F.F_BASE] - sum(scores[-10:]) / 10) < 0.05  # the baseline followed it
@@ -623,12 +627,8 @@ def test_population_outlier_boost_needs_evidence_beyond_content(monkeypatch):
 
         monkeypatch.setattr(E, "scrape_score", spy)
         got = {}
-        for i, e in enumerate(ev):
-            ks = core.keys.get(e["api_key"])
-            before = ks.evals if ks is not None else 0
-            core.process(e, i)
-            ks = core.keys[e["api_key"]]
-            if ks.evals > before and last["s_dir"] > 0.05:
+        for e, ks in _evaluations(core, ev):
+            if last["s_dir"] > 0.05:
                 got.setdefault(e["api_key"], []).append(ks.f[F.F_SCORE] / last["s_dir"])
         monkeypatch.setattr(E, "scrape_score", real)
         return {k: v[-1] for k, v in got.items()}
