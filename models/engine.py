@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.17"
+MODEL_VERSION = "key-0.18"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -185,6 +185,11 @@ class DetectorConfig:
         Rate of campaign member snapshots per key.
     hst_trees, hst_height, hst_window, seed
         Population HalfSpaceTrees.
+    hst_warm_windows
+        Completed HalfSpaceTrees windows before the outlier score modulates key scores
+        (key-0.18: 2). The first window is learned from the run's first minutes, when nearly
+        every key is young and shrunk to the priors; scored against it alone, a reasoning app
+        with 13 requests was an outlier enough to fire (unseen seed 222).
     ph_delta, ph_threshold, ph_min_instances
         The per-key Page-Hinkley baseline (upward only).
 
@@ -244,6 +249,7 @@ class DetectorConfig:
     hst_trees: int = 10
     hst_height: int = 6
     hst_window: int = 256
+    hst_warm_windows: int = 2
     seed: int = 42
     ph_delta: float = 0.01
     ph_threshold: float = 0.5
@@ -255,7 +261,7 @@ class DetectorConfig:
                 raise ValueError(msg)
 
         for name in ("eval_every_events", "warmup_events", "confirm_evals", "bloom_rotate",
-                     "snapshot_min_events", "hst_trees", "hst_height", "hst_window",
+                     "snapshot_min_events", "hst_trees", "hst_height", "hst_window", "hst_warm_windows",
                      "ph_min_instances", "dup_bits", "template_bits", "max_keys"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1 or (name == "dup_bits" and v == 0),
@@ -379,7 +385,8 @@ class DetectionCore:
         self.feedback = feedback
         self.keys: dict[str, KeyState] = {}
         self.population = PopulationModel(
-            n_trees=cfg.hst_trees, height=cfg.hst_height, window_size=cfg.hst_window, seed=cfg.seed
+            n_trees=cfg.hst_trees, height=cfg.hst_height, window_size=cfg.hst_window, seed=cfg.seed,
+            warm_windows=cfg.hst_warm_windows,
         )
         self.baseline = KeyBaseline(cfg.ph_delta, cfg.ph_threshold, cfg.ph_min_instances)
         self.policy = EpisodeTracker(MODEL_VERSION)

@@ -42,6 +42,11 @@ class PopulationModel:
         HalfSpaceTrees hyperparameters (the seed fixes the tree structure).
     fading
         Weight of one observation in the population means and the score histogram.
+    warm_windows
+        Completed HalfSpaceTrees windows before its outlier score counts (0 until then). The
+        trees score against the masses of their last completed window; a run's first window
+        is learned over its first evaluations, when nearly every key is young (a few requests,
+        its shares shrunk to the priors), a poor reference for a mature population.
 
     Examples
     --------
@@ -65,6 +70,7 @@ class PopulationModel:
         window_size: int = 256,
         seed: int = 42,
         fading: float = 0.002,
+        warm_windows: int = 2,
     ) -> None:
         if not 1 <= n_trees <= 64:
             raise ValueError(f"n_trees must be in [1, 64], got {n_trees}")
@@ -74,11 +80,14 @@ class PopulationModel:
             raise ValueError(f"window_size must be >= 2, got {window_size}")
         if not 0.0 < fading < 1.0:
             raise ValueError(f"fading must be in (0, 1), got {fading}")
+        if not warm_windows >= 1:
+            raise ValueError(f"warm_windows must be >= 1, got {warm_windows}")
         self.n_trees = n_trees
         self.height = height
         self.window_size = window_size
         self.seed = seed
         self.fading = fading
+        self.warm_windows = warm_windows
         self._hst = self._new_hst()
         self.means = array("d", bytes(8 * _NFEAT))
         self.log_rate = 0.0
@@ -106,7 +115,7 @@ class PopulationModel:
         # Unknown features (NaN) are imputed with the population mean: neither odd nor normal.
         x = {name: (v if v == v else m[i]) for i, (name, v) in enumerate(zip(FEATURES, vec, strict=True))}
         hst = self._hst
-        s = float(hst.score_one(x)) if self.hst_seen >= self.window_size else 0.0
+        s = float(hst.score_one(x)) if self.hst_seen >= self.warm_windows * self.window_size else 0.0
         if learn:
             hst.learn_one(x)
             self.hst_seen += 1

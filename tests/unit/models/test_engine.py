@@ -316,6 +316,7 @@ def test_confirmed_key_fires_at_least_warning(stream):
         {"dup_bits": 30, "template_bits": 20},
         {"prior_relief": 1.5},
         {"prior_relief": -0.1},
+        {"hst_warm_windows": 0},
     ],
 )
 def test_config_rejects_bad_hyperparameters(bad):

@@ -32,6 +32,23 @@ def test_population_state_from_other_settings_is_refused():
         PopulationModel(seed=2).import_state(a.export_state())
 
 
+def test_outlier_score_waits_for_the_warm_windows():
+    # The first window is learned from a run's youngest keys: an outlier score against it alone
+    # is not trusted. Nothing counts before `warm_windows` windows have completed.
+    usual, odd = [0.1] * len(FEATURES), [0.95] * len(FEATURES)
+    one = PopulationModel(n_trees=4, height=4, window_size=20, seed=7, warm_windows=1)
+    two = PopulationModel(n_trees=4, height=4, window_size=20, seed=7, warm_windows=2)
+    for p in (one, two):
+        for _ in range(39):
+            p.score_then_learn(usual, 0.05, learn=True)
+    assert one.score_then_learn(odd, 0.9, learn=False) > 0.5
+    assert two.score_then_learn(odd, 0.9, learn=False) == 0.0
+    two.score_then_learn(usual, 0.05, learn=True)  # the second window completes
+    assert two.score_then_learn(odd, 0.9, learn=False) > 0.5
+    with pytest.raises(ValueError, match="warm_windows"):
+        PopulationModel(warm_windows=0)
+
+
 def test_flagged_keys_do_not_move_the_population():
     p = PopulationModel()
     before = p.export_state()
