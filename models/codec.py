@@ -29,14 +29,14 @@ from models.keymodel import KeyState
 
 __all__ = ["KEY_FORMAT_VERSION", "decode_key", "encode_key"]
 
-KEY_FORMAT_VERSION = 5
+KEY_FORMAT_VERSION = 6
 _MAGIC = b"MWK"
 # seq, events, last_min, mask, since_eval, ring_pos, bloom_n, bloom_gen, ep_seq, ep_sev,
 # ep_det, ep_events, evals
 _INTS = struct.Struct("<qqqQIBHBIBBII")
 _BODY_LEN = _INTS.size + 8 * F.NF + 64 + 256
 #: doubles per version this build reads; missing trailing doubles start at 0.0
-_NF_OF = {3: 61, 4: 70, KEY_FORMAT_VERSION: F.NF}
+_NF_OF = {3: 61, 4: 70, 5: 76, KEY_FORMAT_VERSION: F.NF}
 
 
 def encode_key(ks: KeyState) -> bytes:

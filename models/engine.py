@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.18"
+MODEL_VERSION = "key-0.19"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -168,6 +168,16 @@ class DetectorConfig:
         After an upward Page-Hinkley drift, the threshold is lowered by ``drift_bonus`` for
         ``drift_memory`` seconds of event time, while its direction score is at least
         ``drift_min_rise`` above its own slow baseline.
+    change_floor, change_evals, change_min_evals
+        A change toward harvesting is an alert of its own (``key_drift``, key-0.19), below the
+        population's line. When Page-Hinkley sees an upward drift, the running mean it kept
+        until then is where the key stood before the change (if it kept it over at least
+        ``change_min_evals`` evaluations). For ``drift_memory`` seconds after, a direction
+        score at least ``drift_min_rise`` above that level and at least ``change_floor``, for
+        ``change_evals`` consecutive evaluations, opens an episode (not once an analyst marked
+        the key a false positive). A drifter that still sends much of its old traffic goes
+        0.03 -> 0.2: far under the population's line, but a change the key's own baseline is
+        there to see.
     resolve_margin, resolve_after, quiet_timeout
         An episode resolves when the score stays below ``threshold - resolve_margin`` for
         ``resolve_after`` seconds, or the key is silent for ``quiet_timeout`` seconds.
@@ -238,6 +248,9 @@ class DetectorConfig:
     drift_bonus: float = 0.05
     drift_memory: float = 1800.0
     drift_min_rise: float = 0.1
+    change_floor: float = 0.15
+    change_evals: int = 3
+    change_min_evals: int = 20
     resolve_margin: float = 0.1
     resolve_after: float = 900.0
     quiet_timeout: float = 1800.0
@@ -262,6 +275,7 @@ class DetectorConfig:
 
         for name in ("eval_every_events", "warmup_events", "confirm_evals", "bloom_rotate",
                      "snapshot_min_events", "hst_trees", "hst_height", "hst_window", "hst_warm_windows",
+                     "change_evals", "change_min_evals",
                      "ph_min_instances", "dup_bits", "template_bits", "max_keys"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1 or (name == "dup_bits" and v == 0),
@@ -308,6 +322,7 @@ class DetectorConfig:
         need(isinstance(self.prior_weight, (int, float)) and 0.0 <= self.prior_weight <= 1000.0,
              f"prior_weight must be in [0, 1000], got {self.prior_weight}")
         need(0.0 <= self.prior_relief <= 1.0, f"prior_relief must be in [0, 1], got {self.prior_relief}")
+        need(0.0 <= self.change_floor <= 1.0, f"change_floor must be in [0, 1], got {self.change_floor}")
         for name in ("threshold_margin", "drift_bonus", "drift_min_rise", "fast_open_margin", "resolve_margin", "fp_penalty", "ph_delta"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
@@ -453,8 +468,13 @@ class DetectionCore:
                                           cfg.collect_weight, cfg.template_weight)
         f[F.F_SCORE] = score
         # The key's own baseline: upward Page-Hinkley over its direction score.
+        ph_mean, ph_n = f[F.F_PH_MEAN], f[F.F_PH_N]
         if warm and self.baseline.update(ks, s_dir):
             f[F.F_DRIFT_TS] = ts
+            # Where the key stood before the change, if it had stood there long enough to say
+            # (else 1.0: no score rises above it, no change alert).
+            f[F.F_CHANGE_REF] = ph_mean if ph_n >= cfg.change_min_evals else 1.0
+        rise = s_dir - f[F.F_CHANGE_REF]
         # The key's slow baseline: EW(0.05) of its warm scores, bias-corrected (their running
         # mean over its first 20 evaluations; before warm-up it just follows the score), so it
         # starts from the key's own level. Decayed from the score of its first request, it sat
@@ -493,11 +513,19 @@ class DetectionCore:
             f[F.F_ABOVE] += 1.0
         else:
             f[F.F_ABOVE] = 0.0
+        drifted = f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
+        # (not once an analyst marked the key a false positive: then only the raised bar fires)
+        if (drifted and s_dir >= cfg.change_floor
+                and rise >= cfg.drift_min_rise and f[F.F_FP_FLOOR] == 0.0):
+            f[F.F_CHANGE] += 1.0
+        else:
+            f[F.F_CHANGE] = 0.0
         if ks.ep_sev == 0:
             clear = score >= thr + cfg.fast_open_margin  # clear evidence needs no confirmation
-            if f[F.F_ABOVE] >= cfg.confirm_evals or (score >= thr and (clear or verdict == "confirmed")):
-                drifted = f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
-                if drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
+            changed = f[F.F_CHANGE] >= cfg.change_evals
+            if (f[F.F_ABOVE] >= cfg.confirm_evals or (score >= thr and (clear or verdict == "confirmed"))
+                    or changed):
+                if changed or drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
                     det = _DET_DRIFT
                 elif hst >= 0.7 and support >= 0.5:  # an outlier, with evidence beyond content
                     det = _DET_POP
@@ -599,6 +627,7 @@ class DetectionCore:
             vec, _, contrib = self._direction(ks)
         alert = self.policy.resolve(ks, k, ks.f[F.F_SCORE], ts, self._reasons(ks, vec, contrib, ks.ep_det))
         ks.f[F.F_ABOVE] = 0.0
+        ks.f[F.F_CHANGE] = 0.0
         self._open.pop(k, None)
         self._dirty.add(k)
         return alert

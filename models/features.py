@@ -112,7 +112,13 @@ F_CONV1_H = 72
 F_CONV1_N = 73
 F_FU_W = 74
 F_FU_COLD = 75
-NF = 76
+# A change toward harvesting (key-0.19, fires key_drift below the population's line): the
+# Page-Hinkley running mean of the key's score when it last saw an upward drift (where the key
+# stood before the change; 1.0 when it had too few evaluations to say), and the consecutive
+# evaluations since whose score is at least drift_min_rise above it and at least change_floor.
+F_CHANGE = 76
+F_CHANGE_REF = 77
+NF = 78
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 

@@ -892,3 +892,45 @@ def test_fabricated_config_is_validated():
         DetectorConfig(fabricated_weight=-1.0)
     with pytest.raises(ValueError, match="fabricated_prior"):
         DetectorConfig(fabricated_prior=0.0)
+
+
+class _ScriptedCore(DetectionCore):
+    """A core whose direction score is scripted by the key's evaluation count."""
+
+    def __init__(self, script, **kw):
+        super().__init__(DetectorConfig(**kw))
+        self._script = script
+
+    def _direction(self, ks):
+        return [0.0] * len(F.FEATURES), self._script(ks.evals), [0.0] * len(F.FEATURES)
+
+
+def _steady_key(n: int, gap: float = 31.0) -> list[dict]:
+    return [{"event_id": f"e{i}", "ts": T0 + gap * i, "api_key": "k", "prompt_tokens": 300,
+             "completion_tokens": 200, "status": 200} for i in range(n)]
+
+
+def test_a_key_that_changes_toward_harvesting_fires_key_drift_below_the_line():
+    # 40 evaluations at 0.03, then 0.20: below the 0.35 floor, but a sevenfold rise over the
+    # key's own slow baseline, after Page-Hinkley saw it. Opens at the 3rd such evaluation.
+    def script(evals):
+        return 0.03 if evals <= 40 else 0.20
+
+    out = run(_ScriptedCore(script), _steady_key(80))
+    firing = [a for a in out if a["status"] == "firing"]
+    assert firing and firing[0]["detector"] == "key_drift"
+    assert firing[0]["score"] < 0.35
+    assert 41 + 2 <= firing[0]["window"]["events"] <= 41 + 6, firing[0]["window"]
+    assert any(r["feature"] == "drift_score" for r in firing[0]["reasons"])
+    # the same rise without enough history to have a baseline of its own is not a change,
+    # and neither is the same level held from the start, or a rise that stays under the floor
+    assert not [a for a in run(_ScriptedCore(lambda e: 0.03 if e <= 10 else 0.20), _steady_key(60))
+                if a["status"] == "firing"]
+    assert not [a for a in run(_ScriptedCore(lambda e: 0.20), _steady_key(80)) if a["status"] == "firing"]
+    assert not [a for a in run(_ScriptedCore(lambda e: 0.03 if e <= 40 else 0.12), _steady_key(80))
+                if a["status"] == "firing"]
+    # an analyst's false_positive verdict raises the bar for the change path too
+    fb = FakeFeedback({"k": ("false_positive", 0.0)})
+    core = _ScriptedCore(script)
+    core.feedback = fb
+    assert not [a for a in run(core, _steady_key(80)) if a["status"] == "firing"]
