@@ -128,6 +128,10 @@ def decode_key(blob: bytes) -> KeyState:
             raise ValueError("key state holds a non-finite number")
     if nf < F.NF:
         f.frombytes(bytes(8 * (F.NF - nf)))
+    if nf <= F.F_CHANGE_REF:
+        # Written before key-0.19: no level the key stood at before a change, so none of its
+        # scores is a change until Page-Hinkley sets one (0.0 would make every score a rise).
+        f[F.F_CHANGE_REF] = 1.0
     off += 8 * nf
     ring = array("Q")
     ring.frombytes(body[off : off + 64])

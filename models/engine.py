@@ -513,7 +513,7 @@ class DetectionCore:
             f[F.F_ABOVE] += 1.0
         else:
             f[F.F_ABOVE] = 0.0
-        drifted = f[F.F_DRIFT_TS] > 0 and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
+        drifted = self._drifted(ks, ts)
         # (not once an analyst marked the key a false positive: then only the raised bar fires)
         if (drifted and s_dir >= cfg.change_floor
                 and rise >= cfg.drift_min_rise and f[F.F_FP_FLOOR] == 0.0):
@@ -585,6 +585,11 @@ class DetectionCore:
         cfg = self.config
         return ks.evals <= 1 or ks.f[F.F_BASE] < cfg.threshold_floor - cfg.resolve_margin
 
+    def _drifted(self, ks: KeyState, ts: float) -> bool:
+        """Page-Hinkley saw the key's score drift upward within the last ``drift_memory``."""
+        d = ks.f[F.F_DRIFT_TS]
+        return d > 0 and ts - d <= self.config.drift_memory
+
     def _threshold(self, ks: KeyState, ts: float, s_dir: float) -> float:
         cfg = self.config
         f = ks.f
@@ -592,11 +597,7 @@ class DetectionCore:
         thr = min(max(q, cfg.threshold_floor), cfg.threshold_ceiling)
         # A key that changed toward harvesting (Page-Hinkley drift, and well above its own
         # slow baseline) gets a slightly lower bar for a while: change is evidence too.
-        if (
-            f[F.F_DRIFT_TS] > 0
-            and ts - f[F.F_DRIFT_TS] <= cfg.drift_memory
-            and s_dir - f[F.F_BASE] >= cfg.drift_min_rise
-        ):
+        if self._drifted(ks, ts) and s_dir - f[F.F_BASE] >= cfg.drift_min_rise:
             thr -= cfg.drift_bonus
         return min(max(thr, f[F.F_FP_FLOOR]), 0.99)
 

@@ -151,11 +151,13 @@ def test_v3_blob_keeps_the_keys_history_and_starts_its_change_points_at_zero():
     v3 = body[:cut] + body[_INTS.size + 8 * Fm.NF:]
     back = decode_key(b"MWK" + bytes((3, 0)) + v3)
     assert back.events == 40 and back.seq == 99
-    assert list(back.f[:61]) == list(ks.f[:61]) and list(back.f[61:]) == [0.0] * (Fm.NF - 61)
+    assert list(back.f[:61]) == list(ks.f[:61])
+    assert list(back.f[61 : Fm.F_CHANGE_REF]) == [0.0] * (Fm.F_CHANGE_REF - 61)
+    assert back.f[Fm.F_CHANGE_REF] == 1.0  # no pre-change level yet (key-0.19)
     assert Fm.F_HCP == 61 and Fm.F_SCP + 3 == 70  # the change points are what v4 appended
 
 
-@pytest.mark.parametrize("version, nf", [(3, 61), (4, 70)])
+@pytest.mark.parametrize("version, nf", [(3, 61), (4, 70), (5, 76)])
 def test_older_blobs_start_the_conversation_state_empty(version, nf):
     """A v3/v4 blob (key-0.4 to key-0.13) decodes with no conversation seen and no follow-ups:
     the key keeps its history and its fabricated share starts at 0."""
@@ -173,5 +175,9 @@ def test_older_blobs_start_the_conversation_state_empty(version, nf):
     old = body[: _INTS.size + 8 * nf] + body[_INTS.size + 8 * Fm.NF :]
     back = decode_key(b"MWK" + bytes((version, 0)) + old)
     assert list(back.f[:nf]) == list(ks.f[:nf])
-    assert list(back.f[Fm.F_CONV0_H :]) == [0.0] * (Fm.NF - Fm.F_CONV0_H)
-    assert Fm.fabricated_share(back) == 0.0 and Fm.fabricated_share(ks) > 0.0
+    if nf < Fm.F_CONV0_H:
+        assert list(back.f[Fm.F_CONV0_H : Fm.F_CHANGE]) == [0.0] * (Fm.F_CHANGE - Fm.F_CONV0_H)
+        assert Fm.fabricated_share(back) == 0.0 and Fm.fabricated_share(ks) > 0.0
+    # v5 and older (before key-0.19) have no level the key stood at before a change: 1.0, so
+    # no score counts as a rise above it until Page-Hinkley sets one (0.0 would make all do)
+    assert back.f[Fm.F_CHANGE] == 0.0 and back.f[Fm.F_CHANGE_REF] == 1.0
