@@ -474,7 +474,6 @@ class DetectionCore:
             # Where the key stood before the change, if it had stood there long enough to say
             # (else 1.0: no score rises above it, no change alert).
             f[F.F_CHANGE_REF] = ph_mean if ph_n >= cfg.change_min_evals else 1.0
-        rise = s_dir - f[F.F_CHANGE_REF]
         # The key's slow baseline: EW(0.05) of its warm scores, bias-corrected (their running
         # mean over its first 20 evaluations; before warm-up it just follows the score), so it
         # starts from the key's own level. Decayed from the score of its first request, it sat
@@ -516,7 +515,7 @@ class DetectionCore:
         drifted = self._drifted(ks, ts)
         # (not once an analyst marked the key a false positive: then only the raised bar fires)
         if (drifted and s_dir >= cfg.change_floor
-                and rise >= cfg.drift_min_rise and f[F.F_FP_FLOOR] == 0.0):
+                and s_dir - f[F.F_CHANGE_REF] >= cfg.drift_min_rise and f[F.F_FP_FLOOR] == 0.0):
             f[F.F_CHANGE] += 1.0
         else:
             f[F.F_CHANGE] = 0.0
