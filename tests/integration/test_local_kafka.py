@@ -240,3 +240,19 @@ def test_a_cluster_id_starting_with_a_dash_formats_and_starts(broker: LocalKafka
     meta = (broker.home / "data" / "meta.properties").read_text()
     assert "cluster.id=-xzcioKKRiWJ8KMnRqq2EQ" in meta
     _round_trip(out.stdout.strip())
+
+
+def test_a_port_taken_at_bind_time_is_named_with_what_to_do(broker: LocalKafka) -> None:
+    # Bound but not listening: the script's free-port check (a connect) finds it free, and
+    # the broker's bind then fails, as when another process takes the port in between.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", broker.port))
+        r = broker.run("start")
+    assert r.returncode == 1
+    assert r.stdout == ""
+    err = r.stderr
+    first = err.index("first error:")
+    assert f"failed to bind to 127.0.0.1:{broker.port}: Address already in use" in err[first:]
+    assert "set MOATWATCH_KAFKA_PORT" in err[first:]
+    # the cause comes before the log's last lines, which are the shutdown that followed
+    assert first < err.index("--- last lines of")
