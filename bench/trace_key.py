@@ -25,7 +25,6 @@ when none of the keys has an event in the file.
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
 import os
 import sys
@@ -43,6 +42,7 @@ from models.engine import DetectionCore  # noqa: E402
 from schemas.validation import InvalidEvent  # noqa: E402
 from streams.pipeline import Detector, EventTimeClock, decode  # noqa: E402
 from streams.progress import Progress  # noqa: E402
+from streams.replay import _open_input  # noqa: E402
 
 
 class _TracingCore(DetectionCore):
@@ -124,10 +124,10 @@ def trace(events_path: str, keys: list[str], progress: bool | None = None) -> tu
     rows: list[dict] = []
     det = _TracingDetector(frozenset(keys), rows)
     counts = {"events": 0, "invalid": 0, "key_events": dict.fromkeys(keys, 0)}
-    size = os.path.getsize(events_path)
-    opener = gzip.open if events_path.endswith(".gz") else open
+    src, size = _open_input(events_path)  # replay's: plain or gzip, a clear error if unreadable
+    raw_size = not events_path.endswith(".gz")
     bar = Progress(size, "trace", enabled=progress)
-    with opener(events_path, "rb") as src:
+    with src:
         for line in src:
             if not line.strip():
                 continue
@@ -141,7 +141,7 @@ def trace(events_path: str, keys: list[str], progress: bool | None = None) -> tu
                 counts["key_events"][ev["api_key"]] += 1
             det.process(ev)
             if bar.enabled and not (counts["events"] & 1023):
-                bar.update(src.tell() if opener is open else size * 0.5, f"{counts['events']:,} ev")
+                bar.update(src.tell() if raw_size else size * 0.5, f"{counts['events']:,} ev")
     bar.close()
     return rows, counts
 
