@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 from models import features as F  # noqa: E402
 from models.engine import DetectionCore  # noqa: E402
 from schemas.validation import InvalidEvent  # noqa: E402
-from streams.pipeline import Detector, EventTimeClock, decode  # noqa: E402
+from streams.pipeline import Detector, decode  # noqa: E402
 from streams.progress import Progress  # noqa: E402
 from streams.replay import _open_input  # noqa: E402
 
@@ -48,7 +48,7 @@ from streams.replay import _open_input  # noqa: E402
 class _TracingCore(DetectionCore):
     """A detection core that records each evaluation of the traced keys."""
 
-    def __init__(self, config: Any, feedback: Any, keys: frozenset[str], rows: list[dict]) -> None:
+    def __init__(self, config: Any, *, feedback: Any, keys: frozenset[str], rows: list[dict]) -> None:
         super().__init__(config, feedback=feedback)
         self._trace_keys = keys
         self._rows = rows
@@ -106,23 +106,12 @@ class _TracingCore(DetectionCore):
         })
 
 
-class _TracingDetector(Detector):
-    def __init__(self, keys: frozenset[str], rows: list[dict]) -> None:
-        super().__init__(1)
-        self._trace = (keys, rows)
-
-    def core(self, partition: int) -> DetectionCore:
-        core = self.cores.get(partition)
-        if core is None:
-            core = self.cores[partition] = _TracingCore(self.config, self.feedback, *self._trace)
-            self._clocks[partition] = EventTimeClock()
-        return core
-
-
 def trace(events_path: str, keys: list[str], progress: bool | None = None) -> tuple[list[dict], dict]:
     """Every evaluation of ``keys`` over the events file; returns (rows, counts)."""
     rows: list[dict] = []
-    det = _TracingDetector(frozenset(keys), rows)
+    wanted = frozenset(keys)
+    det = Detector(1, core_factory=lambda config, feedback: _TracingCore(
+        config, feedback=feedback, keys=wanted, rows=rows))
     counts = {"events": 0, "invalid": 0, "key_events": dict.fromkeys(keys, 0)}
     src, size = _open_input(events_path)  # replay's: plain or gzip, a clear error if unreadable
     raw_size = not events_path.endswith(".gz")

@@ -200,15 +200,19 @@ class Detector:
         Detector hyperparameters (:class:`models.engine.DetectorConfig`).
     feedback
         Analyst verdicts (:class:`models.feedback.FeedbackBook`), or None.
+    core_factory
+        Builds a partition's core from ``(config, feedback=...)``; default
+        :class:`~models.engine.DetectionCore` (``bench/trace_key.py`` passes a recording one).
     """
 
     def __init__(self, partitions: int = 1, *, config: DetectorConfig | None = None,
-                 feedback: Any = None) -> None:
+                 feedback: Any = None, core_factory: Any = DetectionCore) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.partitions = partitions
         self.config = config
         self.feedback = feedback
+        self._core_factory = core_factory
         self.cores: dict[int, DetectionCore] = {}
         self._clocks: dict[int, EventTimeClock] = {}
         self._part_cache: dict[str, int] = {}
@@ -217,7 +221,7 @@ class Detector:
     def core(self, partition: int) -> DetectionCore:
         core = self.cores.get(partition)
         if core is None:
-            core = self.cores[partition] = DetectionCore(self.config, feedback=self.feedback)
+            core = self.cores[partition] = self._core_factory(self.config, feedback=self.feedback)
             self._clocks[partition] = EventTimeClock()
         return core
 
