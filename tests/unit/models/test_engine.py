@@ -911,8 +911,8 @@ def _steady_key(n: int, gap: float = 31.0) -> list[dict]:
 
 
 def test_a_key_that_changes_toward_harvesting_fires_key_drift_below_the_line():
-    # 40 evaluations at 0.03, then 0.20: below the 0.35 floor, but a sevenfold rise over the
-    # key's own slow baseline, after Page-Hinkley saw it. Opens at the 3rd such evaluation.
+    # 40 evaluations at 0.03, then 0.20: below the 0.35 floor, but a sevenfold rise over where
+    # the key stood before Page-Hinkley saw the change. Opens at the 3rd such evaluation.
     def script(evals):
         return 0.03 if evals <= 40 else 0.20
 
