@@ -1172,6 +1172,11 @@ def _serialise(rng: np.random.Generator, w: World, key: str, ident: Identity,
     if n == 0:
         return ts, b"", np.zeros(1, np.int64)
     prompt, completion = c.prompt[order], c.completion[order].copy()
+    # An API never returns more than max_tokens per choice (n choices share the count): a
+    # persona's length draw is capped by the budget it asked for. Before this, a batch job
+    # asking for at most 128 tokens could be answered with 500.
+    budget = c.max_tokens[order] * np.maximum(c.n[order], 1)
+    completion = np.where(budget > 0, np.minimum(completion, budget), completion)
     status = np.full(n, 200, np.int64)
     status[_throttled(ts, ident.rpm)] = 429
     status[(status == 200) & (rng.random(n) < ident.err400)] = 400

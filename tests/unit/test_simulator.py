@@ -109,6 +109,8 @@ def test_every_event_satisfies_the_contract(run: dict) -> None:
             assert e["turn"] >= 1
         if "n" in e:
             assert e["n"] >= 1
+        if e.get("max_tokens"):  # no choice is longer than the budget the request asked for
+            assert e["completion_tokens"] <= e["max_tokens"] * e.get("n", 1), e
         if "client_ip" in e:
             ipaddress.ip_address(e["client_ip"])
         if "temperature" in e:
