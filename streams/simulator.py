@@ -624,6 +624,15 @@ def _grow_context(turns: np.ndarray, convs: list[str | None], first: np.ndarray,
     return prompt
 
 
+def _capped(completion: np.ndarray, max_tokens: np.ndarray | int, n: np.ndarray | int = 1) -> np.ndarray:
+    """Answers as an API returns them: at most max_tokens per choice (0 = no limit sent).
+
+    Applied where a persona draws its answers, before a conversation resends them as
+    history, so a later turn's prompt carries the answer the user actually received."""
+    budget = np.broadcast_to(np.asarray(max_tokens, np.int64) * np.maximum(n, 1), completion.shape)
+    return np.where(budget > 0, np.minimum(completion, budget), completion)
+
+
 def _topic_mix(rng: np.random.Generator, base: dict[str, float], conc: float) -> np.ndarray:
     alpha = np.array([base.get(t, 0.0) for t in TOPICS]) * conc + 1e-3
     return rng.dirichlet(alpha)
@@ -672,7 +681,8 @@ def _light_user(rng: np.random.Generator, w: World, t0: float, t1: float, tz: fl
         think_s=float(rng.uniform(25, 120)))
     n = len(ts)
     pick = rng.integers(0, len(tr.conv_ctx), size=n)
-    completion = tr.conv_gen[pick].copy()
+    max_tok = np.full(n, int(rng.choice([0, 0, 0, 512, 1024, 2048, 4096])))
+    completion = _capped(tr.conv_gen[pick], max_tok)
     new_msg = np.maximum(8, _draw(rng, tr.conv_ctx, n) * 0.2).astype(np.int64)
     prompt = _grow_context(turns, convs, tr.conv_ctx[pick], new_msg, completion)
     mix = _topic_mix(rng, _HUMAN_TOPICS, float(rng.uniform(1.5, 6)))
@@ -681,7 +691,6 @@ def _light_user(rng: np.random.Generator, w: World, t0: float, t1: float, tz: fl
     temp = np.full(n, np.nan)
     if rng.random() < 0.35:
         temp[:] = float(rng.choice([0.2, 0.5, 0.7, 0.8, 1.0, 1.2]))
-    max_tok = np.full(n, int(rng.choice([0, 0, 0, 512, 1024, 2048, 4096])))
     simhash = _trace_simhash(rng, tr, n, w.prompt_salt)
     return Cols.build(ts, prompt=prompt, completion=completion, topic=topic,
                       cot=rng.random(n) < cot_p, simhash=simhash, conv=convs, turn=turns,
@@ -730,6 +739,8 @@ def _chat_app(rng: np.random.Generator, w: World, t0: float, t1: float, tz: floa
     else:
         pick = rng.integers(0, len(tr.conv_ctx), size=n)
         first, completion = tr.conv_ctx[pick].copy(), tr.conv_gen[pick].copy()
+    max_tok = np.full(n, int(rng.choice([0, 1024, 2048, 4096])))
+    completion = _capped(completion, max_tok)
     new_msg = np.maximum(5, _draw(rng, tr.conv_ctx, n) * 0.15).astype(np.int64)
     prompt = _grow_context(turns, convs, first, new_msg, completion, cap=128_000)
     mix = _topic_mix(rng, _HUMAN_TOPICS, float(rng.uniform(5, 20)))
@@ -740,8 +751,7 @@ def _chat_app(rng: np.random.Generator, w: World, t0: float, t1: float, tz: floa
     return Cols.build(ts, prompt=prompt, completion=completion * nvals, topic=topic,
                       cot=rng.random(n) < float(rng.beta(0.8, 20)), simhash=simhash,
                       conv=convs, turn=turns, temperature=temp, n=nvals,
-                      max_tokens=np.full(n, int(rng.choice([0, 1024, 2048, 4096]))),
-                      stream=rng.random(n) < 0.9)
+                      max_tokens=max_tok, stream=rng.random(n) < 0.9)
 
 
 def _coding_agent(rng: np.random.Generator, w: World, t0: float, t1: float, tz: float,
@@ -768,11 +778,13 @@ def _coding_agent(rng: np.random.Generator, w: World, t0: float, t1: float, tz: 
     prompts: list[int] = []
     comps: list[int] = []
     cap = int(rng.choice([128_000, 200_000]))
+    max_tok = int(rng.choice([4096, 8192, 16384, 32000]))
     for s in starts:
         cid = _hexid(rng, "cv_", 12)
         t, ctx = float(s), float(_lognormal(rng, ctx0, 0.5, 1)[0])
         steps = int(rng.geometric(1.0 / mean_steps))
-        comp = np.maximum(1, (_draw(rng, tr.code_gen, steps) * gen_mult * rng.uniform(0.5, 1.5, steps))).astype(int)
+        comp = _capped(np.maximum(1, (_draw(rng, tr.code_gen, steps) * gen_mult
+                                      * rng.uniform(0.5, 1.5, steps))).astype(int), max_tok)
         for k in range(steps):
             if t >= t1:
                 break
@@ -802,8 +814,7 @@ def _coding_agent(rng: np.random.Generator, w: World, t0: float, t1: float, tz: 
                       conv=convs if rng.random() < 0.8 else [None] * n,
                       turn=np.array(turns, np.int64),
                       temperature=np.full(n, temp_v if rng.random() < 0.8 else np.nan),
-                      max_tokens=np.full(n, int(rng.choice([4096, 8192, 16384, 32000]))),
-                      stream=np.full(n, rng.random() < 0.6))
+                      max_tokens=np.full(n, max_tok), stream=np.full(n, rng.random() < 0.6))
 
 
 def _rag_batch(rng: np.random.Generator, w: World, t0: float, t1: float,
@@ -918,15 +929,16 @@ def _reasoning_app(rng: np.random.Generator, w: World, t0: float, t1: float, tz:
     mix = _topic_mix(rng, base, float(rng.uniform(4, 15)))
     topic = _per_conversation(rng, convs, lambda k: rng.choice(len(TOPICS), size=k, p=mix))
     first = _draw(rng, tr.conv_ctx, n)
-    completion = np.maximum(50, _lognormal(rng, float(rng.uniform(700, 3000)), 0.7, n)).astype(np.int64)
+    max_tok = np.full(n, int(rng.choice([0, 8192, 16000, 32000])))
+    completion = _capped(np.maximum(50, _lognormal(rng, float(rng.uniform(700, 3000)), 0.7, n)).astype(np.int64),
+                         max_tok)
     prompt = _grow_context(turns, convs, first, np.maximum(10, _draw(rng, tr.conv_ctx, n) * 0.2).astype(np.int64),
                            completion)
     temp = np.full(n, float(rng.choice([0.6, 0.7, 1.0]))) if rng.random() < 0.6 else np.full(n, np.nan)
     return Cols.build(ts, prompt=prompt, completion=completion, topic=topic,
                       cot=rng.random(n) < float(rng.uniform(0.2, 0.8)),
                       simhash=_trace_simhash(rng, tr, n, int(rng.integers(1, 2**63))),
-                      conv=convs, turn=turns, temperature=temp,
-                      max_tokens=np.full(n, int(rng.choice([0, 8192, 16000, 32000]))),
+                      conv=convs, turn=turns, temperature=temp, max_tokens=max_tok,
                       stream=np.full(n, True))
 
 
@@ -1173,10 +1185,11 @@ def _serialise(rng: np.random.Generator, w: World, key: str, ident: Identity,
         return ts, b"", np.zeros(1, np.int64)
     prompt, completion = c.prompt[order], c.completion[order].copy()
     # An API never returns more than max_tokens per choice (n choices share the count): a
-    # persona's length draw is capped by the budget it asked for. Before this, a batch job
-    # asking for at most 128 tokens could be answered with 500.
-    budget = c.max_tokens[order] * np.maximum(c.n[order], 1)
-    completion = np.where(budget > 0, np.minimum(completion, budget), completion)
+    # persona's length draw is capped by the budget it asked for. Personas whose
+    # conversations resend their history cap at draw (_capped), before the answer enters the
+    # next prompt; this guard covers the single-turn ones. Before it, a batch job asking for
+    # at most 128 tokens could be answered with 500.
+    completion = _capped(completion, c.max_tokens[order], c.n[order])
     status = np.full(n, 200, np.int64)
     status[_throttled(ts, ident.rpm)] = 429
     status[(status == 200) & (rng.random(n) < ident.err400)] = 400

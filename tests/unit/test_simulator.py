@@ -290,3 +290,37 @@ def test_rejects_nonsense_arguments(tmp_path: Path) -> None:
         simulate(0, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"))
     with pytest.raises(ValueError, match="scale"):
         simulate(1, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"), scale=0)
+
+
+@pytest.mark.parametrize("persona", ["_light_user", "_chat_app", "_coding_agent", "_reasoning_app"])
+def test_conversations_resend_the_answer_as_delivered(persona: str) -> None:
+    """A persona that resends its history caps each answer at max_tokens where it draws it,
+    so the next turn's prompt grows by the answer the API returned, not by the uncapped draw."""
+    from streams import simulator as sim
+
+    traces = sim._load_traces(str(resolve_traces_dir(None).resolve()))
+    w = sim.World(5, traces, DEFAULT_START_TS, DEFAULT_START_TS + 6 * 3600.0, 1.0)
+    capped = grew = 0
+    for i in range(40):
+        rng = np.random.default_rng(1000 + i)
+        rate = {"_light_user": (), "_chat_app": (400.0,), "_coding_agent": (6.0,),
+                "_reasoning_app": (120.0,)}[persona]
+        c = getattr(sim, persona)(rng, w, w.win.start, w.win.end, 0.0, *rate)
+        budget = c.max_tokens * np.maximum(c.n, 1)
+        limited = budget > 0
+        assert (c.completion[limited] <= budget[limited]).all()
+        capped += int((limited & (c.completion == budget)).sum())
+        order = np.argsort(c.ts, kind="stable")
+        last: dict[str, tuple[int, int]] = {}
+        for j in order:
+            cid = c.conv[j]
+            if cid is None:
+                continue
+            if cid in last and c.turn[j] > 1:
+                p, a = last[cid]
+                # history = previous prompt + its delivered answer (unless context compaction)
+                if c.prompt[j] >= p + a:
+                    grew += 1
+            last[cid] = (int(c.prompt[j]), int(c.completion[j]))
+    assert capped > 0, "the cap never bit: the check above proved nothing"
+    assert grew > 0
