@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-9"
+CAMPAIGN_MODEL_VERSION = "campaign-10"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -353,12 +353,17 @@ class CampaignConfig:
         length), when the snapshot reports it. Distillation needs the model's answers; eval
         harnesses (one-token log-likelihood items), RAG batches (long prompts, short answers)
         and coding agents look scraping-like on chain of thought, capability topics and one-shot
-        requests, but almost never harvest. Below it a key can still be named by association.
+        requests, but almost never harvest. Below it a key can still be named by association,
+        unless it has sent enough requests to be confident it harvests less than this (the
+        one-sided 95% Wilson upper bound of its share under the floor; campaign-10).
     assoc_floor, assoc_distance
         While a group fires, a member below ``member_threshold`` is still named when its
         suspicion is at least ``assoc_floor`` and its behaviour profile lies within
         ``assoc_distance`` (mean absolute difference per direction feature) of the implicated
-        members' centroid: the same tooling, with more cover traffic.
+        members' centroid: the same tooling, with more cover traffic. Not a member whose
+        requests show it almost never harvests (see ``member_harvest``): a coding agent of long
+        standing behind the campaign's /24 can sit within the distance on the features both
+        leave at zero.
     """
 
     max_groups: int = 50_000
@@ -681,6 +686,18 @@ def _wilson_lower(k: int, n: int, z: float = 1.645) -> float:
     centre = p + z2 / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return max(0.0, (centre - spread) / den)
+
+
+def _wilson_upper(p: float, n: int, z: float = 1.645) -> float:
+    """One-sided upper confidence bound of a proportion observed as ``p`` over ``n`` trials."""
+    if n <= 0:
+        return 1.0
+    p = min(1.0, max(0.0, p))
+    z2 = z * z
+    den = 1.0 + z2 / n
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return min(1.0, (centre + spread) / den)
 
 
 def _median(xs: list[float]) -> float:
@@ -1516,8 +1533,16 @@ class CampaignDetector:
             # likeness alone does not name them (a light user with a popular prompt would)
             return [c for c in candidates if routine(c[2])]
         centroid = self._centroid(implicated)
-        limit = self.config.assoc_distance
-        return [c for c in candidates if c[1] in synced or _distance(c[2].vec, centroid) <= limit]
+        cfg = self.config
+
+        def never_harvests(k: _Key) -> bool:
+            # enough requests to be confident it harvests under the floor: a coding agent or
+            # batch job of long standing behind the campaign's /24, near the centroid on the
+            # features both leave at zero. A campaign key's first few requests prove nothing
+            return k.harv is not None and _wilson_upper(k.harv, k.events) < cfg.member_harvest
+
+        return [c for c in candidates if c[1] in synced or (
+            _distance(c[2].vec, centroid) <= cfg.assoc_distance and not never_harvests(c[2]))]
 
     def _evaluate(self, gk: tuple[str, str], g: _Group, now: float) -> list[dict[str, Any]]:
         cfg = self.config

@@ -484,6 +484,29 @@ def test_members_with_the_campaign_profile_are_named_by_association_not_honest_n
     assert "agent0" not in named
 
 
+def test_a_look_alike_that_never_harvests_is_not_named_by_association():
+    # a coding agent behind the campaign's /24: capability topics, one-shot-ish, and a profile
+    # near the campaign's on the features both leave at zero, but its answers are short next to
+    # its huge contexts: it never takes the model's answers, so it is not the campaign's tooling
+    covered = dict(SCRAPER, cot_share=0.25, capability_share=0.5, single_turn_share=0.75, output_ratio=0.5)
+    group = {"client_net": "203.0.113.0/24"}
+
+    def named(harvest, events):
+        det = CampaignDetector(CampaignConfig(warmup=0.0))
+        snaps = campaign_snaps(6, group)
+        near = campaign_snaps(1, group, feats=dict(covered, harvest_share=harvest), prefix="near")
+        snaps += [dict(s, events=events) for s in near]
+        snaps.sort(key=lambda s: s["ts"])
+        return {k for a in firing(run(det, snaps)) for k in a["related_entities"]}
+
+    assert "near0" in named(0.3, 200)  # cover-heavy, but it harvests: the same tooling
+    assert "near0" not in named(0.003, 200)  # 200 requests, next to no harvest
+    assert {f"evil{i}" for i in range(6)} <= named(0.003, 200)
+    # a campaign key's first requests prove nothing yet: a low share over 5 of them is
+    # the prior, and it is still named by association
+    assert "near0" in named(0.01, 5)
+
+
 def test_broad_groups_name_only_members_with_the_campaigns_profile():
     det = CampaignDetector(CampaignConfig(warmup=0.0))
     # an honest eval harness in the cloud ASN the campaign also uses: implicated-looking on its
