@@ -676,28 +676,24 @@ def _hyper_tail(n: int, a: int, b: int, c: int) -> float:
     return tail / total
 
 
-def _wilson_lower(k: int, n: int, z: float = 1.645) -> float:
-    """One-sided lower confidence bound of a proportion k/n."""
-    if n <= 0:
-        return 0.0
-    p = k / n
-    z2 = z * z
-    den = 1.0 + z2 / n
-    centre = p + z2 / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, (centre - spread) / den)
-
-
-def _wilson_upper(p: float, n: int, z: float = 1.645) -> float:
-    """One-sided upper confidence bound of a proportion observed as ``p`` over ``n`` trials."""
-    if n <= 0:
-        return 1.0
+def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
+    """Wilson score interval ``(lower, upper)`` of a proportion observed as ``p`` over ``n``."""
     p = min(1.0, max(0.0, p))
     z2 = z * z
     den = 1.0 + z2 / n
     centre = p + z2 / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return min(1.0, (centre + spread) / den)
+    return max(0.0, (centre - spread) / den), min(1.0, (centre + spread) / den)
+
+
+def _wilson_lower(k: int, n: int, z: float = 1.645) -> float:
+    """One-sided lower confidence bound of a proportion k/n."""
+    return _wilson(k / n, n, z)[0] if n > 0 else 0.0
+
+
+def _wilson_upper(p: float, n: int, z: float = 1.645) -> float:
+    """One-sided upper confidence bound of a proportion observed as ``p`` over ``n`` trials."""
+    return _wilson(p, n, z)[1] if n > 0 else 1.0
 
 
 def _median(xs: list[float]) -> float:
