@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: ``model_version`` stamped on campaign alerts.
-CAMPAIGN_MODEL_VERSION = "campaign-10"
+CAMPAIGN_MODEL_VERSION = "campaign-11"
 #: Version of the bytes written by :meth:`CampaignDetector.export_state`.
 CAMPAIGN_STATE_VERSION = 3
 #: Older state versions :meth:`CampaignDetector.import_state` still reads.
@@ -92,6 +92,8 @@ _FEATURE_ALIASES: dict[str, tuple[str, ...]] = {
     "breadth": ("capability_breadth", "topic_coverage"),
     "high_value": ("capability_share", "high_value_share"),
     "harvest": ("harvest_share",),  # the engine's share of requests that harvest (0..1)
+    "novelty": ("novelty",),  # share of never-seen prompts (0..1)
+    "sampled": ("sampled_decoding",),  # share of requests sampled at temperature > 0 (0..1)
 }
 _DOMAIN_ALIASES: dict[str, tuple[str, ...]] = {
     d: (f"{d}_share", f"topic_{d}_share", f"share_{d}", f"topic_{d}") for d in _HIGH_VALUE_DOMAINS
@@ -168,7 +170,11 @@ def member_suspicion(score: float, features: Mapping[str, Any]) -> float:
     A blend of the engine's per-key score and the mean of the directional indicators present:
     chain-of-thought share, high-value domain share, single-turn share, templated prompts,
     logprobs / n > 1 sampling, long completions for short prompts. Every indicator only raises
-    suspicion when it moves toward scraping; a missing one is left out.
+    suspicion when it moves toward scraping; a missing one is left out. The blend is then gated
+    as the engine gates its score: by ``0.3 + 0.7 * novelty`` (a key re-running its own prompts
+    collects nothing new) and ``0.5 + 0.5 * sampled_decoding`` (greedy decoding, the eval
+    harness's and CI suite's way, is one answer per prompt, not its distribution); a missing
+    gate feature leaves the blend as it is.
 
     Examples
     --------
@@ -211,6 +217,14 @@ def member_suspicion(score: float, features: Mapping[str, Any]) -> float:
     if not core:
         return s
     f = _clip01(sum(core) / len(core) + 0.25 * bonus * (sum(core) / len(core)))
+    # the engine's own gate (models.policy.scrape_score): a key that re-runs its prompts or
+    # decodes greedily (eval harnesses, CI suites) is not collecting new answers to learn from
+    nov = _pick(features, _FEATURE_ALIASES["novelty"])
+    if nov is not None:
+        f *= 0.3 + 0.7 * _clip01(nov)
+    sam = _pick(features, _FEATURE_ALIASES["sampled"])
+    if sam is not None:
+        f *= 0.5 + 0.5 * _clip01(sam)
     # the engine score can only add: a key it already half-suspects is more implicated
     return _clip01(max(s, 0.75 * f + 0.25 * s))
 

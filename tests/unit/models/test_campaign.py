@@ -101,6 +101,46 @@ def firing(alerts, etype=None):
     return [a for a in alerts if a["status"] == "firing" and (etype is None or a["entity_type"] == etype)]
 
 
+# An honest evaluation harness: CoT and reasoning topics, one-shot, at volume, but it re-runs
+# its own suite (few new prompts) and decodes greedily (temperature 0).
+HARNESS = {
+    "cot_share": 0.9,
+    "capability_share": 0.9,
+    "capability_breadth": 0.2,
+    "single_turn_share": 1.0,
+    "output_ratio": 0.4,
+    "novelty": 0.05,
+    "sampled_decoding": 0.0,
+    "template_share": 0.9,
+    "sampling_share": 0.0,
+    "rate": 0.9,
+}
+
+
+def test_member_suspicion_is_gated_like_the_engine_score():
+    # re-running prompts or decoding greedily is not collecting answers to learn from
+    collecting = dict(HARNESS, novelty=1.0, sampled_decoding=1.0)
+    assert member_suspicion(0.25, collecting) >= 0.75
+    assert member_suspicion(0.25, dict(collecting, novelty=0.05)) < 0.5
+    assert member_suspicion(0.25, dict(collecting, sampled_decoding=0.0)) < member_suspicion(0.25, collecting)
+    assert member_suspicion(0.25, HARNESS) < 0.35
+    # the engine's own score still counts in full, and a missing gate feature gates nothing
+    assert member_suspicion(0.6, HARNESS) >= 0.6
+    no_gate = {k: v for k, v in collecting.items() if k not in ("novelty", "sampled_decoding")}
+    assert member_suspicion(0.25, no_gate) == member_suspicion(0.25, collecting)
+
+
+def test_a_group_of_eval_harnesses_is_no_campaign():
+    # one account running its benchmark suite from several keys: the tells of a harvest on
+    # content alone, so without the gate the account would be a campaign
+    def fired(feats):
+        det = CampaignDetector(CampaignConfig(warmup=0.0))
+        return firing(run(det, campaign_snaps(6, {"account": "acct-eval"}, feats=feats, prefix="eval")))
+
+    assert fired(HARNESS) == []
+    assert fired(dict(HARNESS, novelty=1.0, sampled_decoding=1.0))  # the same keys collecting answers
+
+
 def test_config_validates_hyperparameters():
     with pytest.raises(ValueError, match="max_groups"):
         CampaignConfig(max_groups=0)
@@ -429,7 +469,7 @@ def test_two_new_clearly_implicated_keys_sharing_templates_open_a_family_early()
 def test_keys_routinely_sending_a_firing_familys_templates_are_named_not_occasional_sharers():
     det = CampaignDetector(CampaignConfig(warmup=0.0))
     covered = dict(SCRAPER, cot_share=0.25, capability_share=0.5, single_turn_share=0.75, output_ratio=0.3,
-                   novelty=0.2, rate=0.9)
+                   novelty=0.9, rate=0.9)
     assert member_suspicion(0.1, covered) < 0.5
     snaps = template_campaign(6)
     for r in range(3):  # the same tooling, more cover traffic: below the member threshold
@@ -450,7 +490,7 @@ def test_a_routine_sharer_of_a_familys_prompts_is_named_only_if_it_harvests():
     # user matches them as often as a cover-heavy campaign key matches the templates, but its
     # answers are short (it never harvests)
     covered = dict(SCRAPER, cot_share=0.25, capability_share=0.5, single_turn_share=0.75, output_ratio=0.3,
-                   novelty=0.2, rate=0.9)
+                   novelty=0.9, rate=0.9)
 
     def named(light_harvest):
         det = CampaignDetector(CampaignConfig(warmup=0.0))
@@ -511,8 +551,9 @@ def test_broad_groups_name_only_members_with_the_campaigns_profile():
     det = CampaignDetector(CampaignConfig(warmup=0.0))
     # an honest eval harness in the cloud ASN the campaign also uses: implicated-looking on its
     # own (CoT, reasoning topics) but different tooling (greedy, periodic, templated re-runs)
+    # (one whose suite grows: 60% new prompts, so the novelty gate leaves it implicated)
     harness = {"cot_share": 0.9, "capability_share": 0.9, "capability_breadth": 0.2,
-               "single_turn_share": 1.0, "output_ratio": 0.4, "novelty": 0.05, "template_share": 0.9,
+               "single_turn_share": 1.0, "output_ratio": 0.4, "novelty": 0.6, "template_share": 0.9,
                "sampling_share": 0.0, "rate": 0.9}
     assert member_suspicion(0.25, harness) >= 0.5
     snaps = campaign_snaps(6, {"asn": "64510"}) + campaign_snaps(1, {"asn": "64510"}, feats=harness,
@@ -532,9 +573,10 @@ def test_broad_groups_name_only_members_with_the_campaigns_profile():
 
 def test_a_broad_group_counts_only_its_coherent_core():
     # two campaign keys and two honest eval harnesses in one cloud ASN: four implicated keys but
-    # two toolings, not four coordinated keys
+    # two toolings, not four coordinated keys (harnesses whose suites grow, 60% new prompts,
+    # so the novelty gate leaves them implicated)
     harness = {"cot_share": 0.9, "capability_share": 0.9, "capability_breadth": 0.2,
-               "single_turn_share": 1.0, "output_ratio": 0.4, "novelty": 0.05, "template_share": 0.9,
+               "single_turn_share": 1.0, "output_ratio": 0.4, "novelty": 0.6, "template_share": 0.9,
                "sampling_share": 0.0, "rate": 0.9}
     snaps = campaign_snaps(2, {"asn": "64510"}) + campaign_snaps(2, {"asn": "64510"}, feats=harness,
                                                                  prefix="harness")
@@ -770,7 +812,7 @@ def test_a_narrow_group_names_the_implicated_keys_of_its_core_tooling_not_an_hon
     # three rotating campaign keys and, behind the same /24, an honest eval harness that looks
     # implicated on its own (CoT, capability topics, one-shot) but runs other tooling
     harness = dict(SCRAPER, output_ratio=0.1, capability_breadth=0.0, template_share=0.9,
-                   novelty=0.3, timing_regularity=0.9, duty_cycle=0.9, rate=0.9, sampling_share=0.0)
+                   novelty=0.6, timing_regularity=0.9, duty_cycle=0.9, rate=0.9, sampling_share=0.0)
     net = {"client_net": "198.51.100.0/24"}
     snaps = campaign_snaps(3, net) + campaign_snaps(1, net, feats=harness, prefix="harness")
     snaps.sort(key=lambda s: s["ts"])
