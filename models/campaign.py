@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 
 from models.feedback import FeedbackBook
+from models.policy import collection_gate
 
 __all__ = [
     "CAMPAIGN_MODEL_VERSION",
@@ -217,14 +218,11 @@ def member_suspicion(score: float, features: Mapping[str, Any]) -> float:
     if not core:
         return s
     f = _clip01(sum(core) / len(core) + 0.25 * bonus * (sum(core) / len(core)))
-    # the engine's own gate (models.policy.scrape_score): a key that re-runs its prompts or
-    # decodes greedily (eval harnesses, CI suites) is not collecting new answers to learn from
+    # the engine's own gate: a key that re-runs its prompts or decodes greedily (eval
+    # harnesses, CI suites) is not collecting new answers to learn from
     nov = _pick(features, _FEATURE_ALIASES["novelty"])
-    if nov is not None:
-        f *= 0.3 + 0.7 * _clip01(nov)
     sam = _pick(features, _FEATURE_ALIASES["sampled"])
-    if sam is not None:
-        f *= 0.5 + 0.5 * _clip01(sam)
+    f *= collection_gate(math.nan if nov is None else _clip01(nov), math.nan if sam is None else _clip01(sam))
     # the engine score can only add: a key it already half-suspects is more implicated
     return _clip01(max(s, 0.75 * f + 0.25 * s))
 

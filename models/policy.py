@@ -30,7 +30,7 @@ import math
 from models import features as F
 from models.features import FEATURES
 
-__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "outlier_support", "population_score", "scrape_score"]
+__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "collection_gate", "outlier_support", "population_score", "scrape_score"]
 
 DETECTORS = ("key_scrape", "key_population", "key_drift")
 SEVERITIES = ("info", "warning", "critical")
@@ -109,6 +109,26 @@ def _extraction(terms: list[tuple[int, float]]) -> float:
     for _, t in terms:
         keep *= 1.0 - t
     return 1.0 - keep
+
+
+def collection_gate(novelty: float, sampled: float) -> float:
+    """How much of a key's evidence counts as collecting answers: ``(0.3 + 0.7 * novelty) *
+    (0.5 + 0.5 * sampled_decoding)``, each factor 1 when its feature is unknown (NaN).
+
+    A key that re-runs its own prompts (CI suites, eval re-runs) collects nothing new; one that
+    decodes greedily (eval harnesses, CI) asks for one answer per prompt, not its distribution.
+    The per-key score (:func:`scrape_score`) and campaign member suspicion
+    (``models.campaign.member_suspicion``) are gated alike.
+
+    Examples
+    --------
+    >>> collection_gate(1.0, 1.0), collection_gate(0.0, 0.0), collection_gate(float("nan"), 0.0)
+    (1.0, 0.15, 0.5)
+    """
+    gate = 0.3 + 0.7 * novelty if novelty == novelty else 1.0
+    if sampled == sampled:
+        gate *= 0.5 + 0.5 * sampled
+    return gate
 
 
 def scrape_score(
@@ -206,11 +226,7 @@ def scrape_score(
         content = acc / known_w * (known_w / _GROUP_W[0]) ** (unknown_exponent * (1.0 - unknown_relief * how))
     else:
         content = acc / known_w
-    nov = vec[_NOVELTY]
-    gate = 0.3 + 0.7 * nov if nov == nov else 1.0
-    sam = vec[_SAMPLED]
-    if sam == sam:
-        gate *= 0.5 + 0.5 * sam
+    gate = collection_gate(vec[_NOVELTY], vec[_SAMPLED])
     # Extraction is a noisy-OR: logprobs/n>1 *or* a temperature sweep *or* whole sampled
     # answers *or* templated prompts is the tell, one is enough. Automation is a weighted
     # mean: each of its tells is weak alone.
