@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.19"
+MODEL_VERSION = "key-0.20"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -154,7 +154,7 @@ class DetectorConfig:
         The upward part of that modulation (an outlier key) is scaled by
         ``min(1, outlier_support / population_support)``: being unusual counts only with
         evidence outside content (sampling options, temperature spread, whole sampled answers,
-        templated prompts, regular timing, 429s, volume, no streaming;
+        templated prompts, regular timing, 429s, no streaming; not volume or duty cycle;
         :func:`models.policy.outlier_support`). An unusual
         *content* profile is already in ``s_dir``; a reasoning product whose users ask unusual
         questions is an outlier for that alone. 0 lets the whole boost through.

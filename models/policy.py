@@ -61,9 +61,10 @@ AUTOMATION = (
 _GROUPS = (CONTENT, EXTRACTION, AUTOMATION)
 _GROUP_IDX = tuple(tuple((_IDX[n], w) for n, w in g) for g in _GROUPS)
 _GROUP_W = tuple(sum(w for _, w in g) for g in _GROUPS)
-#: Automation tells that corroborate a population outlier (:func:`outlier_support`): all but
-#: the duty cycle, which a busy product's human traffic fills by volume alone.
-_SUPPORT_AUTO = tuple((i, w) for i, w in _GROUP_IDX[2] if i != _IDX["duty_cycle"])
+#: Automation tells that corroborate a population outlier (:func:`outlier_support`): how the
+#: requests arrive (regular timing, 429s, whole answers without streaming), not how many: the
+#: duty cycle and the volume are left out, a busy product's human traffic fills both (key-0.20).
+_SUPPORT_AUTO = tuple((i, w) for i, w in _GROUP_IDX[2] if i not in (_IDX["duty_cycle"], _IDX["rate"]))
 _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
 _NON_STREAMING = _IDX["non_streaming_share"]
@@ -264,16 +265,18 @@ def outlier_support(vec: list[float], collect_weight: float = 0.0, template_weig
     and long answers, as a harvester. This is the extraction evidence (the noisy-OR of
     sampling options, temperature spread and, with their weights, whole sampled answers and
     templated prompts: the same tells as :func:`scrape_score`) plus the automation
-    evidence *without the duty cycle* (regular timing, 429s, volume, whole answers collected
-    without streaming; each tell's weight over the whole automation weight). The duty cycle is
-    left out because many people behind one key fill its minutes by volume alone. The engine
+    evidence of *how* requests arrive, not how many (regular timing, 429s, whole answers
+    collected without streaming; each tell's weight over the whole automation weight). The duty
+    cycle and the volume are left out because many people behind one key fill its minutes and
+    its hourly count by themselves: before key-0.20 a busy reasoning product's volume (rate 0.28)
+    alone nearly carried it over the line. Both still count in :func:`scrape_score`. The engine
     lets the outlier boost through in proportion to it (``DetectorConfig.population_support``).
 
     Examples
     --------
     >>> def vec(**kw):
     ...     return [kw.get(n, 0.0) for n in FEATURES]
-    >>> outlier_support(vec(duty_cycle=0.9, cot_share=0.8))  # a busy reasoning product
+    >>> outlier_support(vec(duty_cycle=0.9, rate=0.3, cot_share=0.8))  # a busy reasoning product
     0.0
     >>> round(outlier_support(vec(non_streaming_share=1.0)), 3)  # whole answers, by a program
     0.205

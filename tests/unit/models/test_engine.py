@@ -816,6 +816,25 @@ def test_outlier_support_counts_the_extraction_tells_the_score_counts():
     assert 0.0 < scale < 1.0 and 0.3 < s < 0.3 * full
 
 
+def test_volume_alone_does_not_support_an_outlier_boost():
+    """key-0.20: a busy reasoning product (many people behind one key: high volume, every
+    minute active, streaming, no sampling options) is an outlier for what it asks; its volume
+    is not evidence of how it collects, so it gets no boost. One tell of how requests arrive
+    (regular timing) or of extraction (logprobs) still lets the boost through."""
+    from models.policy import outlier_support, population_score
+
+    cfg = DetectorConfig()
+    w, sup, cw, tw = cfg.population_weight, cfg.population_support, cfg.collect_weight, cfg.template_weight
+    busy = direction_vector(cot_share=0.5, harvest_share=0.6, capability_share=1.0, rate=0.3,
+                            duty_cycle=0.8, non_streaming_share=0.0, sampled_decoding=1.0)
+    assert outlier_support(busy, cw, tw) == 0.0
+    assert population_score(0.3, 0.9, busy, w, sup, cw, tw) == (0.3, 0.0)
+    for name in ("timing_regularity", "sampling_share"):
+        v = list(busy)
+        v[F.FEATURES.index(name)] = 0.8
+        assert population_score(0.3, 0.9, v, w, sup, cw, tw)[0] > 0.3
+
+
 def _conversations(key, fresh_followups, n=48, **kw):
     """A key asking capability questions in conversations of three turns. A real follow-up
     resends the conversation so far (its prompt grows by the last prompt and answer); with
