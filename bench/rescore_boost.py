@@ -53,7 +53,7 @@ SINGLE = ("bulk_distiller", "drifter", "low_and_slow", "mimicry")
 def record(events_path: Path, out_path: Path, cfg: DetectorConfig) -> int:
     """One pass of the per-key core; writes the evaluation points of every key to ``out_path``."""
     core = DetectionCore(cfg)
-    rows: dict[str, list] = {n: [] for n in ("key", "ts", "events", "first", "vec", "s_dir", "hst", "thr")}
+    rows: dict[str, list] = {n: [] for n in ("key", "ts", "events", "first", "vec", "s_dir", "hst", "thr", "ratio")}
     names: dict[str, int] = {}
     cur: dict[str, object] = {}
     real_score, real_learn, real_thr = E.scrape_score, core.population.score_then_learn, core._threshold
@@ -88,6 +88,7 @@ def record(events_path: Path, out_path: Path, cfg: DetectorConfig) -> int:
         rows["s_dir"].append(cur["s_dir"])
         rows["hst"].append(cur["hst"])
         rows["thr"].append(cur["thr"])
+        rows["ratio"].append(E.F.length_ratio(ks))
 
     E.scrape_score = score_spy
     core.population.score_then_learn = learn_spy  # type: ignore[method-assign]
@@ -124,6 +125,7 @@ def record(events_path: Path, out_path: Path, cfg: DetectorConfig) -> int:
         s_dir=np.array(rows["s_dir"]),
         hst=np.array(rows["hst"]),
         thr=np.array(rows["thr"]),
+        ratio=np.array(rows["ratio"]),
     )
     return len(rows["key"])
 
@@ -138,8 +140,11 @@ def alert_times(rec: dict[str, np.ndarray], cfg: DetectorConfig, support: float,
     and temperature spread, as key-0.8 to key-0.12 did."""
     w = cfg.population_weight
     cw, tw = (cfg.collect_weight, cfg.template_weight) if all_tells else (0.0, 0.0)
-    score = np.array([population_score(float(sd), float(h), list(v), w, support, cw, tw)[0]
-                      for sd, h, v in zip(rec["s_dir"], rec["hst"], rec["vec"], strict=True)])
+    # records written before key-0.21 have no length ratio: the vector's output_ratio stands in
+    ratios = rec["ratio"] if "ratio" in rec else np.full(len(rec["s_dir"]), np.nan)
+    score = np.array([population_score(float(sd), float(h), list(v), w, support, cw, tw,
+                                       cfg.population_harvest, float(r))[0]
+                      for sd, h, v, r in zip(rec["s_dir"], rec["hst"], rec["vec"], ratios, strict=True)])
     warm = (rec["events"] >= cfg.warmup_events) & (rec["ts"] - rec["first"] >= cfg.warmup_seconds)
     keys = rec["keys"]
     out: dict[str, list[float]] = {}

@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.20"
+MODEL_VERSION = "key-0.21"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -158,6 +158,13 @@ class DetectorConfig:
         :func:`models.policy.outlier_support`). An unusual
         *content* profile is already in ``s_dir``; a reasoning product whose users ask unusual
         questions is an outlier for that alone. 0 lets the whole boost through.
+    population_harvest
+        The outlier boost is also scaled by ``min(1, answers / population_harvest)`` (key-0.21),
+        ``answers`` being the larger of ``harvest_share`` and the key's typical answer length
+        over prompt length, capped at 1 (:func:`models.features.length_ratio`): a key whose
+        answers are a few percent of its prompts is not an outlier *toward harvesting*, however
+        unusual (a RAG job asking for logprobs on short replies to long contexts). Both unknown
+        leaves it out; 0 = off.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
         Adaptive threshold: the ``threshold_quantile`` of recent unflagged key scores plus
         ``threshold_margin``, clipped to [floor, ceiling].
@@ -239,6 +246,7 @@ class DetectorConfig:
     fabricated_prior: float = 3.0
     population_weight: float = 0.25
     population_support: float = 0.15
+    population_harvest: float = 0.1
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
     threshold_quantile: float = 0.995
@@ -314,6 +322,8 @@ class DetectorConfig:
              f"population_weight must be in [0, 1], got {self.population_weight}")
         need(0.0 <= self.population_support <= 1.0,
              f"population_support must be in [0, 1], got {self.population_support}")
+        need(0.0 <= self.population_harvest <= 1.0,
+             f"population_harvest must be in [0, 1], got {self.population_harvest}")
         need(0.0 < self.threshold_floor <= self.threshold_ceiling < 1.0,
              "need 0 < threshold_floor <= threshold_ceiling < 1, got "
              f"{self.threshold_floor}, {self.threshold_ceiling}")
@@ -465,7 +475,8 @@ class DetectionCore:
             pop.learn_rate(math.log1p(F.events_per_hour(ks)))
         # An outlier counts only with evidence outside content (see population_support).
         score, support = population_score(s_dir, hst, vec, cfg.population_weight, cfg.population_support,
-                                          cfg.collect_weight, cfg.template_weight)
+                                          cfg.collect_weight, cfg.template_weight, cfg.population_harvest,
+                                          F.length_ratio(ks))
         f[F.F_SCORE] = score
         # The key's own baseline: upward Page-Hinkley over its direction score.
         ph_mean, ph_n = f[F.F_PH_MEAN], f[F.F_PH_N]

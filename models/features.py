@@ -33,6 +33,7 @@ __all__ = [
     "events_per_hour",
     "direction_features",
     "fabricated_share",
+    "length_ratio",
     "raw_observations",
 ]
 
@@ -617,6 +618,23 @@ def direction_features(
             if v == v:
                 vec[i] = (n * v + m * prior[i]) / (n + m)
     return vec
+
+
+def length_ratio(ks) -> float:
+    """The key's typical answer length over prompt length: ``exp`` of the EW mean of
+    ``log((completion + 1) / (prompt + 1))`` (a geometric mean), NaN before ``_MIN_W`` answered
+    requests. Unlike ``output_ratio`` (0 at or below 1x) it tells a RAG job's replies, a few
+    percent of their long contexts, from answers about as long as their prompts.
+
+    Examples
+    --------
+    >>> from models.keymodel import KeyState
+    >>> ks = KeyState()
+    >>> ks.f[F_OK_W], ks.f[F_RATIO] = 10.0, math.log(0.02)
+    >>> round(length_ratio(ks), 3)
+    0.02
+    """
+    return math.exp(ks.f[F_RATIO]) if ks.f[F_OK_W] >= _MIN_W else _NAN
 
 
 #: Weights of the score's extraction tells (models.policy.EXTRACTION: sampling, temperature).

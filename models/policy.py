@@ -69,6 +69,8 @@ _NOVELTY = _IDX["novelty"]
 _SAMPLED = _IDX["sampled_decoding"]
 _NON_STREAMING = _IDX["non_streaming_share"]
 _TEMPLATE = _IDX["template_share"]
+_HARVEST = _IDX["harvest_share"]
+_RATIO = _IDX["output_ratio"]
 
 
 def _collected(vec: list[float]) -> float:
@@ -295,13 +297,21 @@ def outlier_support(vec: list[float], collect_weight: float = 0.0, template_weig
 
 def population_score(s_dir: float, hst: float, vec: list[float], weight: float,
                      support: float, collect_weight: float = 0.0,
-                     template_weight: float = 0.0) -> tuple[float, float]:
+                     template_weight: float = 0.0, harvest_floor: float = 0.0,
+                     length_ratio: float = math.nan) -> tuple[float, float]:
     """The key's score: ``s_dir`` modulated by the HalfSpaceTrees outlier score ``hst``.
 
     ``score = s_dir * (1 + 2 * weight * (hst - 0.5))`` (no modulation before the trees have seen
     a window, ``hst`` 0), where the upward part (an outlier) is scaled by
     ``min(1, outlier_support(vec, collect_weight, template_weight) / support)`` when ``support``
-    > 0. Returns the score, clipped to [0, 1], and that scale (1.0 when nothing was gated).
+    > 0, and by ``min(1, answers / harvest_floor)`` when ``harvest_floor`` > 0, ``answers``
+    being the larger of the known ``harvest_share`` and ``min(1, length_ratio)``, the key's
+    typical answer length over prompt length (geometric mean; the vector's ``output_ratio``
+    when it is not given): an outlier whose answers are a few percent of its prompts (a RAG or
+    classification job asking for logprobs on short replies to long contexts) is unusual, but
+    it is not collecting the model's answers. A distiller whose answers are about as long as
+    its prompts, on any topic, keeps the whole boost. Returns the score, clipped to [0, 1],
+    and the scale applied (1.0 when nothing was gated).
 
     Examples
     --------
@@ -310,12 +320,25 @@ def population_score(s_dir: float, hst: float, vec: list[float], weight: float,
     0.36
     >>> population_score(0.3, 0.9, v, 0.25, 0.05)  # no evidence beyond content: no boost
     (0.3, 0.0)
+    >>> v[_IDX["sampling_share"]] = 1.0  # logprobs on every request ...
+    >>> population_score(0.3, 0.9, v, 0.25, 0.15, harvest_floor=0.1)  # ... but no long answer
+    (0.3, 0.0)
+    >>> v[_HARVEST] = 0.05  # half the floor: half the boost
+    >>> [round(x, 3) for x in population_score(0.3, 0.9, v, 0.25, 0.15, harvest_floor=0.1)]
+    [0.33, 0.5]
+    >>> population_score(0.3, 0.9, v, 0.25, 0.15, harvest_floor=0.1, length_ratio=0.8)[0]
+    0.36
     """
     boost = 2.0 * weight * (hst - 0.5) if hst > 0.0 else 0.0
     scale = 1.0
     if boost > 0.0 and support > 0.0:
         scale = min(outlier_support(vec, collect_weight, template_weight) / support, 1.0)
-        boost *= scale
+    if boost > 0.0 and harvest_floor > 0.0:
+        ratio = min(length_ratio, 1.0) if length_ratio == length_ratio else vec[_RATIO]
+        known = [x for x in (vec[_HARVEST], ratio) if x == x]
+        if known:
+            scale *= min(max(max(known), 0.0) / harvest_floor, 1.0)
+    boost *= scale
     return min(max(s_dir * (1.0 + boost), 0.0), 1.0), scale
 
 

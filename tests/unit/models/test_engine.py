@@ -644,6 +644,58 @@ def test_population_outlier_boost_needs_evidence_beyond_content(monkeypatch):
     assert gated["k_sampler"] == pytest.approx(full)  # logprobs and whole answers: all of it
 
 
+def test_outlier_boost_needs_long_answers(monkeypatch):
+    """key-0.21: an outlier that takes none of the model's long answers is not boosted. A RAG
+    job asking for logprobs on short replies to long capability prompts, without streaming, has
+    every extraction tell a harvester has and is unusual; what it does not do is collect
+    answers. The same requests with long answers (a harvester) keep the whole boost, and so
+    does a distiller of a chat dataset (long answers, no capability topic: no harvest share,
+    but its output ratio)."""
+    import models.engine as E
+
+    rng = random.Random(11)
+    t1 = T0 + 3 * 3600.0
+    ev = []
+    for j in range(8):
+        ev += human(rng, f"h{j}", T0, t1, per_hour=20.0)
+    rag = _product(rng, "k_rag", T0, t1, 20.0, logprobs=True, stream=False)
+    for e in rag:  # long retrieved contexts, short answers
+        e["prompt_tokens"], e["completion_tokens"] = rng.randint(2000, 6000), rng.randint(10, 80)
+    chat = _product(rng, "k_chat", T0, t1, 20.0, stream=False)  # whole sampled answers
+    for e in chat:
+        e["topic"] = "writing"
+    ev += rag + chat + _product(rng, "k_sampler", T0, t1, 20.0, logprobs=True, stream=False)
+    ev.sort(key=lambda e: (e["ts"], e["api_key"]))
+
+    def ratios(cfg):
+        core = DetectionCore(cfg)
+        learn = core.population.score_then_learn
+        monkeypatch.setattr(core.population, "score_then_learn", lambda v, h, ln: (learn(v, h, ln), 0.9)[1])
+        last, got = {}, {}
+        real = E.scrape_score
+
+        def spy(*a):
+            out = real(*a)
+            last["s_dir"] = out[0]
+            return out
+
+        monkeypatch.setattr(E, "scrape_score", spy)
+        for e, ks in _evaluations(core, ev):
+            if e["api_key"] in ("k_rag", "k_chat", "k_sampler") and last["s_dir"] > 0.02:
+                got.setdefault(e["api_key"], []).append(ks.f[F.F_SCORE] / last["s_dir"])
+        monkeypatch.setattr(E, "scrape_score", real)
+        return {k: v[-1] for k, v in got.items()}
+
+    full = 1.0 + 2 * 0.25 * (0.9 - 0.5)
+    gated, off = ratios(DetectorConfig()), ratios(DetectorConfig(population_harvest=0.0))
+    assert off["k_rag"] == pytest.approx(full)  # without the floor, its extraction tells carry it
+    # replies about 1% of the prompts: about a tenth of the boost (linear below 10%)
+    assert gated["k_rag"] - 1.0 < 0.15 * (full - 1.0)
+    assert gated["k_sampler"] == pytest.approx(full) and gated["k_chat"] == pytest.approx(full)
+    with pytest.raises(ValueError, match="population_harvest"):
+        DetectorConfig(population_harvest=1.5)
+
+
 def test_short_ratio_window_needs_a_harvest_rise_a_benign_history_and_extraction():
     from models import features as Fm
     from models.features import FEATURES, apply_event, direction_features
