@@ -598,12 +598,34 @@ def test_a_new_keys_baseline_starts_from_its_own_warm_scores():
     assert not any(a["detector"] == "key_drift" for a in run(DetectionCore(), ev))
 
 
+def _boost_ratios(monkeypatch, cfg, events, keys=None, min_s_dir=0.05):
+    """Replay ``events`` with every key a strong outlier to the population model (hst 0.9);
+    return each key's last ``score / s_dir`` (the boost it got), for ``keys`` or all."""
+    import models.engine as E
+
+    core = DetectionCore(cfg)
+    learn = core.population.score_then_learn
+    monkeypatch.setattr(core.population, "score_then_learn", lambda v, h, ln: (learn(v, h, ln), 0.9)[1])
+    last, got = {}, {}
+    real = E.scrape_score
+
+    def spy(*a):
+        out = real(*a)
+        last["s_dir"] = out[0]
+        return out
+
+    monkeypatch.setattr(E, "scrape_score", spy)
+    for e, ks in _evaluations(core, events):
+        if (keys is None or e["api_key"] in keys) and last["s_dir"] > min_s_dir:
+            got.setdefault(e["api_key"], []).append(ks.f[F.F_SCORE] / last["s_dir"])
+    monkeypatch.setattr(E, "scrape_score", real)
+    return {k: v[-1] for k, v in got.items()}
+
+
 def test_population_outlier_boost_needs_evidence_beyond_content(monkeypatch):
     """A key the outlier model finds unusual is boosted only in proportion to its evidence
     outside content: a streaming product at human times gets no boost for asking unusual
     questions; the same content with logprobs and whole answers gets all of it."""
-    import models.engine as E
-
     rng = random.Random(3)
     t1 = T0 + 3 * 3600.0
     ev = []
@@ -614,25 +636,7 @@ def test_population_outlier_boost_needs_evidence_beyond_content(monkeypatch):
     ev.sort(key=lambda e: (e["ts"], e["api_key"]))
 
     def ratios(cfg):
-        core = DetectionCore(cfg)
-        learn = core.population.score_then_learn
-        # every key looks like a strong outlier to the population model (hst 0.9)
-        monkeypatch.setattr(core.population, "score_then_learn", lambda v, h, ln: (learn(v, h, ln), 0.9)[1])
-        last = {}
-        real = E.scrape_score
-
-        def spy(*a):
-            out = real(*a)
-            last["s_dir"] = out[0]
-            return out
-
-        monkeypatch.setattr(E, "scrape_score", spy)
-        got = {}
-        for e, ks in _evaluations(core, ev):
-            if last["s_dir"] > 0.05:
-                got.setdefault(e["api_key"], []).append(ks.f[F.F_SCORE] / last["s_dir"])
-        monkeypatch.setattr(E, "scrape_score", real)
-        return {k: v[-1] for k, v in got.items()}
+        return _boost_ratios(monkeypatch, cfg, ev)
 
     full = 1.0 + 2 * 0.25 * (0.9 - 0.5)  # the boost without the support gate
     gated = ratios(DetectorConfig())
@@ -651,8 +655,6 @@ def test_outlier_boost_needs_long_answers(monkeypatch):
     answers. The same requests with long answers (a harvester) keep the whole boost, and so
     does a distiller of a chat dataset (long answers, no capability topic: no harvest share,
     but its output ratio)."""
-    import models.engine as E
-
     rng = random.Random(11)
     t1 = T0 + 3 * 3600.0
     ev = []
@@ -668,23 +670,7 @@ def test_outlier_boost_needs_long_answers(monkeypatch):
     ev.sort(key=lambda e: (e["ts"], e["api_key"]))
 
     def ratios(cfg):
-        core = DetectionCore(cfg)
-        learn = core.population.score_then_learn
-        monkeypatch.setattr(core.population, "score_then_learn", lambda v, h, ln: (learn(v, h, ln), 0.9)[1])
-        last, got = {}, {}
-        real = E.scrape_score
-
-        def spy(*a):
-            out = real(*a)
-            last["s_dir"] = out[0]
-            return out
-
-        monkeypatch.setattr(E, "scrape_score", spy)
-        for e, ks in _evaluations(core, ev):
-            if e["api_key"] in ("k_rag", "k_chat", "k_sampler") and last["s_dir"] > 0.02:
-                got.setdefault(e["api_key"], []).append(ks.f[F.F_SCORE] / last["s_dir"])
-        monkeypatch.setattr(E, "scrape_score", real)
-        return {k: v[-1] for k, v in got.items()}
+        return _boost_ratios(monkeypatch, cfg, ev, ("k_rag", "k_chat", "k_sampler"), 0.02)
 
     full = 1.0 + 2 * 0.25 * (0.9 - 0.5)
     gated, off = ratios(DetectorConfig()), ratios(DetectorConfig(population_harvest=0.0))
