@@ -79,8 +79,9 @@ def wait_committed_to_end(names, topic: str, worker=None, timeout: float = 120.0
         if all(got.get(p, -1) >= end for p, end in ends.items()):
             return got
         time.sleep(0.5)
+    tail = f"\nworker log (tail):\n{worker.log()[-4000:]}" if worker is not None else ""
     raise AssertionError(f"committed offsets {got} never reached the end offsets {ends} "
-                         f"in {timeout:.0f}s: events were lost or never acknowledged")
+                         f"in {timeout:.0f}s: events were lost or never acknowledged{tail}")
 
 
 def wait_metric_at_least(worker, name: str, n: float, timeout: float = 120.0) -> float:
