@@ -1,6 +1,6 @@
 """Rebuild the evaluation seeds recorded in ``bench/seed_sets.json`` on a new machine.
 
-Every seed of docs/detection.md and docs/campaigns.md is a ``moatwatch simulate --hours 12``
+Every seed of docs/detection.md, docs/detection-history.md and docs/campaigns.md is a ``moatwatch simulate --hours 12``
 run with its own seed, scale, start time and traces folder; the simulator is deterministic in
 those, so the manifest is the data. This script simulates each unambiguous entry into
 ``ROOT/GROUP/seed{S}.jsonl`` (+ ``.truth.json``), builds the perturbed traces folders it needs

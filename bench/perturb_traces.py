@@ -1,7 +1,7 @@
 """Build a perturbed copy of the real traces, the stand-in for "other production traces".
 
 The detection targets are checked on traffic built from traces the project has not tuned on.
-Two perturbations of ``../shared/data`` are used in docs/detection.md; this script writes
+Two perturbations of ``../shared/data`` are used in docs/detection-history.md; this script writes
 either one so a new machine can rebuild them (the simulator is deterministic per seed, scale,
 start and traces folder):
 

@@ -1,6 +1,6 @@
 """Record every evaluation point of the per-key core, then rescore the outlier boost offline.
 
-How key-0.8's ``population_support`` was chosen, and key-0.13's (docs/detection.md, "key-0.8",
+How key-0.8's ``population_support`` was chosen, and key-0.13's (docs/detection-history.md, "key-0.8",
 "key-0.13"): one pass of the per-key core over each seed records, at every key evaluation, the
 direction vector, the direction score ``s_dir``, the HalfSpaceTrees outlier score and the
 threshold, exactly as the engine computed them (by wrapping the calls, not by recomputing).

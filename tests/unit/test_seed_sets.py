@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 
 import orjson
 import pytest
@@ -67,6 +68,22 @@ def test_the_manifest_is_well_formed(bench_script):
         assert isinstance(e["seed"], int) and e["scale"] > 0
         assert e["start_ts"] is None or e["start_ts"] > 1.7e9
         assert e["traces"] == "bundled" or e["traces"] in ms.MODES or "ambiguous" in e
+
+
+def test_every_seed_names_a_section_that_exists(bench_script):
+    """A seed's ``source`` says where its parameters were stated: a doc and a section heading
+    in it (line numbers move; headings are kept when a page is split, as detection.md was)."""
+    ms = bench_script("make_seed_sets")
+    seeds = orjson.loads(ms.MANIFEST.read_bytes())["seeds"]
+    headings: dict[str, set[str]] = {}
+    for e in seeds:
+        m = re.fullmatch(r"(docs/[\w.-]+\.md), section '(.+)'( \(.*\))?", e["source"])
+        assert m, f"seed {e['seed']} ({e['group']}): source {e['source']!r} names no doc section"
+        doc, section = m.group(1), m.group(2)
+        if doc not in headings:
+            with open(os.path.join(REPO, doc), encoding="utf-8") as fh:
+                headings[doc] = {ln.lstrip("#").strip() for ln in fh if ln.startswith("##")}
+        assert section in headings[doc], f"seed {e['seed']}: {doc} has no section {section!r}"
 
 
 def test_rebuilds_a_manifest_seed_exactly_and_skips_ambiguous_ones(tmp_path, capsys, bench_script):
