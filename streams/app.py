@@ -25,7 +25,7 @@ import math
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -186,6 +186,9 @@ class Worker:
         self._loaded_shared: set[int] = set()
         self._evicted_seen: dict[int, int] = {}
         self._last_offsets: dict[tuple[str, int], int] = {}
+        # per assigned input partition: (last processed offset, wall time it last changed, or
+        # the assignment's time while nothing was processed): moatwatch_partition_progress_*
+        self._progress: dict[tuple[str, int], tuple[int | None, float]] = {}
         self._last_totals: dict[str, int] = {}
         self._pending_commit: dict[Any, int] = {}
         self._unwritten: set[int] = set()   # partitions whose state changed since the last write
@@ -255,6 +258,9 @@ class Worker:
             for tp in revoked:
                 self._pending_commit.pop(tp, None)   # the next owner commits from here
                 if tp.topic == self.settings.events_topic:
+                    # its lag and progress are the next owner's to report
+                    self._progress.pop((tp.topic, tp.partition), None)
+                    self.metrics.forget_partition(tp.topic, tp.partition)
                     self.detector.drop(tp.partition)
                     self._loaded_shared.discard(tp.partition)
                     self._evicted_seen.pop(tp.partition, None)
@@ -264,7 +270,16 @@ class Worker:
 
     async def _on_assigned(self, sender: Any, assigned: Iterable[Any], **kwargs: Any) -> None:
         self._owned = set(assigned)
-        n = sum(1 for tp in assigned if tp.topic == self.settings.events_topic)
+        topic = self.settings.events_topic
+        n = 0
+        now = time.time()
+        for tp in self._owned:
+            if tp.topic == topic:
+                n += 1
+                # the progress clock of a partition starts when it is assigned (every rebalance
+                # revokes all first), so one never read since then ages from here
+                key = (tp.topic, tp.partition)
+                self._progress[key] = (self._last_offsets.get(key), now)
         self.metrics.partitions_assigned.set(n)
 
     async def _seek_uncommitted(self, sender: Any, **kwargs: Any) -> None:
@@ -740,16 +755,44 @@ class Worker:
         m.recovery_complete.set(1 if recovery_complete(self.app) else 0)
         consumer = self.app.consumer
         try:
-            for tp in consumer.assignment():
-                if tp.topic != self.settings.events_topic:
-                    continue
-                hw = consumer.highwater(tp)
-                last = self._last_offsets.get((tp.topic, tp.partition))
-                if hw is not None:
-                    lag = hw - (last + 1 if last is not None else 0)
-                    m.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, lag))
+            # Faust's record of the committed offsets it sought to at the last rebalance
+            committed = getattr(consumer, "_committed_offset", None) or {}
+            self._report_partitions(consumer.assignment(), consumer.highwater, committed, time.time())
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
             log.debug("consumer lag not available: %r", exc)
+
+    def _report_partitions(self, assignment: Iterable[Any], highwater: Callable[[Any], int | None],
+                           committed: Mapping[Any, int | None], now: float) -> None:
+        """Per assigned input partition: its consumer lag and when it last made progress.
+
+        The lag counts from the next offset to read: after the last event this worker processed,
+        or where the group had committed when it was assigned, whichever is further (a
+        partition taken over at its end, or handed back after another worker read on, has
+        nothing waiting); from 0 when neither is known. Progress is the wall time the last
+        processed offset last changed, or the assignment's while nothing was processed:
+        ``MoatwatchPartitionStalled`` pages when events wait and it stops moving (faust-streaming
+        can leave a partition assigned but never fetched after a rebalance).
+        """
+        m = self.metrics
+        topic = self.settings.events_topic
+        for tp in assignment:
+            if tp.topic != topic:
+                continue
+            key = (tp.topic, tp.partition)
+            last = self._last_offsets.get(key)
+            seen = self._progress.get(key)
+            if seen is None or seen[0] != last:
+                seen = self._progress[key] = (last, now)
+            part = str(tp.partition)
+            m.partition_progress.labels(tp.topic, part).set(seen[1])
+            hw = highwater(tp)
+            if hw is None:
+                continue
+            done = last + 1 if last is not None else 0
+            c = committed.get(tp)
+            if c is not None and c > done:
+                done = c
+            m.consumer_lag.labels(tp.topic, part).set(max(0, hw - done))
 
 
 def create_worker(settings: Settings, *, feedback: Any = None) -> Worker:

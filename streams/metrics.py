@@ -122,6 +122,11 @@ class Metrics:
             "moatwatch_consumer_lag_messages",
             "Messages between the committed/processed offset and the high watermark.",
             ["topic", "partition"], registry=r)
+        self.partition_progress = Gauge(
+            "moatwatch_partition_progress_timestamp_seconds",
+            "Unix time (wall clock) this worker last processed an event of the input partition, "
+            "or was assigned it when it has processed none since.",
+            ["topic", "partition"], registry=r)
         self.alerts = Counter(
             "moatwatch_alerts", "Alerts published, by detector, severity, entity type and status.",
             list(_ALERT_LABELS), registry=r)
@@ -199,6 +204,23 @@ class Metrics:
                 else:
                     self._features.add(feature)
             self.alert_reasons.labels(feature=feature).inc()
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop a partition's lag and progress series (it was revoked: another worker reports it).
+
+        Examples
+        --------
+        >>> from prometheus_client import CollectorRegistry
+        >>> m = Metrics(CollectorRegistry())
+        >>> m.consumer_lag.labels("events", "1").set(5)
+        >>> m.forget_partition("events", 1)
+        >>> m.registry.get_sample_value("moatwatch_consumer_lag_messages",
+        ...                             {"topic": "events", "partition": "1"}) is None
+        True
+        >>> m.forget_partition("events", 1)   # never reported, or already dropped: nothing to do
+        """
+        for gauge in (self.consumer_lag, self.partition_progress):
+            gauge.remove(topic, str(partition))   # a label set it does not hold is ignored
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric (serve with :data:`CONTENT_TYPE`)."""

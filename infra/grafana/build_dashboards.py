@@ -222,7 +222,14 @@ def overview() -> dashboard.Dashboard:
         "full buffer): campaign alerts may then differ from a replay.", "short",
         q(f"sum(moatwatch_campaign_snapshots_buffered{{{SEL}}})", "buffered"),
         q(f"sum by (reason) ({rate('moatwatch_campaign_snapshots_out_of_order_total')})",
-          "out of order/s {{reason}}"), w=24))
+          "out of order/s {{reason}}")))
+    d = d.with_panel(ts(
+        "Time since partition progress", "Seconds since the worker holding each input "
+        "partition last processed one of its events (or was assigned it). Grows on a quiet "
+        "partition; with events waiting (Consumer lag) it is a stalled partition: see "
+        "MoatwatchPartitionStalled.", "s",
+        q(f"max by (topic, partition) (time() - moatwatch_partition_progress_timestamp_seconds{{{SEL}}})",
+          "{{topic}}/{{partition}}")))
 
     # --- latency -------------------------------------------------------------------------
     d = d.with_row(dashboard.Row("Latency"))

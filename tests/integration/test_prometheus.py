@@ -99,6 +99,8 @@ class SimulatedWorker:
         for p in range(4):
             m.consumer_lag.labels(topic="moatwatch.query-events", partition=str(p)).set(
                 rng.randint(0, 200))
+            m.partition_progress.labels(topic="moatwatch.query-events", partition=str(p)).set(
+                time.time() - rng.uniform(0, 2))
         if rng.random() < 0.5:
             m.observe_alert({
                 "detector": rng.choice(("key_drift", "key_population", "campaign")),
@@ -160,7 +162,7 @@ def test_promtool_checks_rules_and_config(tmp_path: Path) -> None:
     promtool = binary("promtool")
     out = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "5 rules found" in out.stdout
+    assert "6 rules found" in out.stdout
     cfg = ROOT / "infra" / "prometheus" / "prometheus.yml"
     out = subprocess.run([promtool, "check", "config", "--syntax-only", str(cfg)],
                          capture_output=True, text=True)
@@ -200,13 +202,13 @@ def test_every_dashboard_query_returns_data(tmp_path: Path, metrics_target: str)
         def rules_healthy() -> list[dict]:
             groups = prom_rules(prom)
             rules = [r for g in groups for r in g["rules"]]
-            ok = len(rules) == 5 and all(r.get("health") == "ok" for r in rules)
+            ok = len(rules) == 6 and all(r.get("health") == "ok" for r in rules)
             return rules if ok else []
 
-        rules = wait_until(rules_healthy, timeout=15, what="5 healthy rules")
+        rules = wait_until(rules_healthy, timeout=15, what="6 healthy rules")
         assert {r["name"] for r in rules} == {
-            "MoatwatchWorkerDown", "MoatwatchConsumerLagGrowing", "MoatwatchInvalidRateHigh",
-            "MoatwatchNoEvents", "MoatwatchRecoveryStuck"}
+            "MoatwatchWorkerDown", "MoatwatchConsumerLagGrowing", "MoatwatchPartitionStalled",
+            "MoatwatchInvalidRateHigh", "MoatwatchNoEvents", "MoatwatchRecoveryStuck"}
         for r in rules:
             assert r["annotations"]["runbook_url"].startswith("docs/operations.md#"), r
             assert r["annotations"]["summary"] and r["annotations"]["description"], r
@@ -224,7 +226,7 @@ def test_runbook_has_an_anchor_for_every_rule() -> None:
     text = (ROOT / "docs" / "operations.md").read_text("utf-8").lower()
     rules = [line.split(":", 1)[1].strip() for line in RULES.read_text("utf-8").splitlines()
              if line.strip().startswith("- alert:")]
-    assert len(rules) == 5
+    assert len(rules) == 6
     for name in rules:
         assert f"### {name.lower()}" in text, f"docs/operations.md lacks a '### {name}' section"
 

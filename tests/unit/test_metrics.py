@@ -41,6 +41,7 @@ EXPECTED = {
     "moatwatch_dlq_published": ("counter", set()),
     "moatwatch_build_info": ("gauge", {"version", "model_version"}),
     "moatwatch_last_event_timestamp_seconds": ("gauge", set()),
+    "moatwatch_partition_progress_timestamp_seconds": ("gauge", {"topic", "partition"}),
 }
 
 ALERT = {"detector": "key_drift", "severity": "critical", "entity_type": "api_key",
@@ -55,6 +56,7 @@ def families(m: Metrics) -> dict[str, Any]:
 def test_every_metric_is_exported_with_its_type_and_only_bounded_labels() -> None:
     m = Metrics(CollectorRegistry())
     m.consumer_lag.labels(topic="t", partition="0").set(3)
+    m.partition_progress.labels(topic="t", partition="0").set(1.7e9)
     m.observe_alert(ALERT)
     fams = families(m)
     for name, (kind, labels) in EXPECTED.items():
