@@ -776,7 +776,10 @@ class Worker:
         m = self.metrics
         topic = self.settings.events_topic
         for tp in assignment:
-            if tp.topic != topic:
+            # only what the group gives this worker now (_on_assigned / _on_revoked): the
+            # consumer's assignment can still list revoked partitions mid-rebalance, and a
+            # series re-created for one of those would stay behind and age into a false page
+            if tp.topic != topic or tp not in self._owned:
                 continue
             key = (tp.topic, tp.partition)
             last = self._last_offsets.get(key)

@@ -86,3 +86,6 @@ def test_a_revoked_partition_leaves_no_series_behind(tmp_path):
     # panels twice and could page as a stalled partition nobody holds
     assert _lag(w, p1) is None and _progress(w, p1) is None
     assert _lag(w, p0) == 5 and _progress(w, p0) is not None
+    # mid-rebalance the consumer can still list partition 1: it is not reported again
+    w._report_partitions([p0, p1], {p0: 5, p1: 9}.get, {}, 1005.0)
+    assert _lag(w, p1) is None and _progress(w, p1) is None
