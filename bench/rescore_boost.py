@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 from models import engine as E  # noqa: E402
 from models.engine import DetectionCore, DetectorConfig  # noqa: E402
 from models.features import FEATURES  # noqa: E402
-from models.policy import population_score  # noqa: E402
+from models.policy import opening_bar, population_score  # noqa: E402
 from schemas import decode_event  # noqa: E402
 
 SINGLE = ("bulk_distiller", "drifter", "low_and_slow", "mimicry")
@@ -132,8 +132,10 @@ def record(events_path: Path, out_path: Path, cfg: DetectorConfig) -> int:
 
 def alert_times(rec: dict[str, np.ndarray], cfg: DetectorConfig, support: float,
                 all_tells: bool = True) -> dict[str, list[float]]:
-    """Event times of every recorded evaluation at or above the threshold after warm-up, per
+    """Event times of every recorded evaluation at or above the opening bar after warm-up, per
     key, with the boost gated at ``support`` (the engine's own score when it is the config's).
+    The bar is the recorded threshold plus the content-only margin (key-0.22,
+    :func:`models.policy.opening_bar`).
 
     ``all_tells`` counts every extraction tell of the score as support (whole sampled answers
     and templated prompts at the config's weights, key-0.13); False counts only logprobs / n > 1
@@ -146,9 +148,15 @@ def alert_times(rec: dict[str, np.ndarray], cfg: DetectorConfig, support: float,
                                        cfg.population_harvest, float(r))[0]
                       for sd, h, v, r in zip(rec["s_dir"], rec["hst"], rec["vec"], ratios, strict=True)])
     warm = (rec["events"] >= cfg.warmup_events) & (rec["ts"] - rec["first"] >= cfg.warmup_seconds)
+    # the content-only margin (key-0.22); the engine waives it for a key whose score drifted
+    # up, which the records do not hold
+    bar = rec["thr"].copy()
+    for i in np.flatnonzero(warm & (score >= bar)):
+        bar[i] = opening_bar(float(bar[i]), list(rec["vec"][i]), cfg.content_only_margin,
+                             cfg.population_support, cfg.collect_weight, cfg.template_weight)
     keys = rec["keys"]
     out: dict[str, list[float]] = {}
-    for i in np.flatnonzero(warm & (score >= rec["thr"])):
+    for i in np.flatnonzero(warm & (score >= bar)):
         out.setdefault(str(keys[rec["key"][i]]), []).append(float(rec["ts"][i]))
     return out
 

@@ -77,12 +77,12 @@ from models import features as F
 from models.codec import decode_key, encode_key
 from models.features import FEATURES, apply_event, direction_features, raw_observations
 from models.keymodel import KeyBaseline, KeyState
-from models.policy import EpisodeTracker, population_score, scrape_score
+from models.policy import EpisodeTracker, opening_bar, population_score, scrape_score
 from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.21"
+MODEL_VERSION = "key-0.22"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -165,6 +165,14 @@ class DetectorConfig:
         answers are a few percent of its prompts is not an outlier *toward harvesting*, however
         unusual (a RAG job asking for logprobs on short replies to long contexts). Both unknown
         leaves it out; 0 = off.
+    content_only_margin
+        A key whose only evidence is content (what it asks: capability topics, CoT, long
+        answers) opens an episode only this far above the threshold (key-0.22): a busy reasoning
+        product's users ask the same. The margin shrinks in proportion to the key's evidence of
+        how it takes the answers, ``outlier_support`` over ``population_support`` (sampling
+        options, a temperature sweep, whole sampled answers, templated prompts, regular timing,
+        429s, no streaming), and does not apply to a key whose score drifted up (a change toward
+        harvesting is evidence too) or to the change path. Episodes resolve as before. 0 = off.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
         Adaptive threshold: the ``threshold_quantile`` of recent unflagged key scores plus
         ``threshold_margin``, clipped to [floor, ceiling].
@@ -247,6 +255,7 @@ class DetectorConfig:
     population_weight: float = 0.25
     population_support: float = 0.15
     population_harvest: float = 0.1
+    content_only_margin: float = 0.04
     threshold_floor: float = 0.35
     threshold_ceiling: float = 0.75
     threshold_quantile: float = 0.995
@@ -324,6 +333,8 @@ class DetectorConfig:
              f"population_support must be in [0, 1], got {self.population_support}")
         need(0.0 <= self.population_harvest <= 1.0,
              f"population_harvest must be in [0, 1], got {self.population_harvest}")
+        need(0.0 <= self.content_only_margin <= 0.5,
+             f"content_only_margin must be in [0, 0.5], got {self.content_only_margin}")
         need(0.0 < self.threshold_floor <= self.threshold_ceiling < 1.0,
              "need 0 < threshold_floor <= threshold_ceiling < 1, got "
              f"{self.threshold_floor}, {self.threshold_ceiling}")
@@ -531,9 +542,15 @@ class DetectionCore:
         else:
             f[F.F_CHANGE] = 0.0
         if ks.ep_sev == 0:
-            clear = score >= thr + cfg.fast_open_margin  # clear evidence needs no confirmation
+            bar = thr
+            if score >= thr and not drifted:
+                # content alone is what a busy reasoning product shows too (key-0.22)
+                bar = opening_bar(thr, vec, cfg.content_only_margin, cfg.population_support,
+                                  cfg.collect_weight, cfg.template_weight)
+            above = score >= bar
+            clear = score >= bar + cfg.fast_open_margin  # clear evidence needs no confirmation
             changed = f[F.F_CHANGE] >= cfg.change_evals
-            if (f[F.F_ABOVE] >= cfg.confirm_evals or (score >= thr and (clear or verdict == "confirmed"))
+            if ((above and f[F.F_ABOVE] >= cfg.confirm_evals) or (above and (clear or verdict == "confirmed"))
                     or changed):
                 if changed or drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
                     det = _DET_DRIFT

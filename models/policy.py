@@ -30,7 +30,8 @@ import math
 from models import features as F
 from models.features import FEATURES
 
-__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "collection_gate", "outlier_support", "population_score", "scrape_score"]
+__all__ = ["DETECTORS", "EpisodeTracker", "alert_id", "collection_gate", "opening_bar", "outlier_support",
+           "population_score", "scrape_score"]
 
 DETECTORS = ("key_scrape", "key_population", "key_drift")
 SEVERITIES = ("info", "warning", "critical")
@@ -340,6 +341,36 @@ def population_score(s_dir: float, hst: float, vec: list[float], weight: float,
             scale *= min(max(max(known), 0.0) / harvest_floor, 1.0)
     boost *= scale
     return min(max(s_dir * (1.0 + boost), 0.0), 1.0), scale
+
+
+def opening_bar(thr: float, vec: list[float], margin: float, enough: float,
+                collect_weight: float = 0.0, template_weight: float = 0.0) -> float:
+    """The score a key must reach to open an episode: ``thr``, plus ``margin`` for a key whose
+    only evidence is content, shrinking as its :func:`outlier_support` (how it takes the
+    answers) approaches ``enough`` (key-0.22).
+
+    A busy reasoning product's users ask what a harvester asks: capability topics, CoT, long
+    answers. Content alone must clear the line by a margin; sampling options, a temperature
+    sweep, whole sampled answers, templated prompts, regular timing, 429s or no streaming
+    each take part of the margin away.
+
+    Examples
+    --------
+    >>> v = [0.0] * len(FEATURES)
+    >>> round(opening_bar(0.35, v, 0.04, 0.15), 3)  # content alone
+    0.39
+    >>> v[_IDX["sampling_share"]] = 0.1  # logprobs on a few requests: 0.09 of 0.15
+    >>> round(opening_bar(0.35, v, 0.04, 0.15), 3)
+    0.366
+    >>> v[_IDX["sampling_share"]] = 1.0
+    >>> opening_bar(0.35, v, 0.04, 0.15)
+    0.35
+    """
+    if margin <= 0.0:
+        return thr
+    corr = outlier_support(vec, collect_weight, template_weight)
+    told = min(1.0, corr / enough) if enough > 0.0 else float(corr > 0.0)
+    return thr + margin * (1.0 - told)
 
 
 def alert_id(entity_type: str, entity: str, detector: str, episode_seq: int) -> str:

@@ -991,3 +991,34 @@ def test_a_key_that_changes_toward_harvesting_fires_key_drift_below_the_line():
     core = _ScriptedCore(script)
     core.feedback = fb
     assert not [a for a in run(core, _steady_key(80)) if a["status"] == "firing"]
+
+
+def test_content_alone_must_clear_the_line_by_a_margin(monkeypatch):
+    """A reasoning product's users ask what a harvester asks (capability topics, CoT, long
+    answers): a key whose only evidence is content opens an episode only ``content_only_margin``
+    above the line. One tell of how it takes the answers (sampling options, whole sampled
+    answers, regular timing...) and the line itself is enough (key-0.22)."""
+    import models.engine as E
+
+    cfg = DetectorConfig()
+    thr, m = cfg.threshold_floor, cfg.content_only_margin
+    assert m > 0.0
+    content = dict(harvest_share=0.7, cot_share=0.7, capability_share=0.9, output_ratio=0.5,
+                   novelty=1.0, sampled_decoding=1.0)
+
+    def fires(vec, score, config=cfg):
+        core = DetectionCore(config)
+        monkeypatch.setattr(core, "_direction", lambda ks: (vec, score, [1.0 / len(vec)] * len(vec)))
+        monkeypatch.setattr(E, "population_score", lambda s, *a, **kw: (s, 1.0))
+        events = [{"event_id": f"e{i}", "ts": T0 + 10.0 * i, "api_key": "k", "status": 200,
+                   "prompt_tokens": 100, "completion_tokens": 1500} for i in range(40)]
+        return any(a["status"] == "firing" for a in run(core, events))
+
+    plain = direction_vector(**content)
+    assert not fires(plain, thr + m / 2)                                      # content alone, just over
+    assert fires(plain, thr + m + 0.01)                                        # content alone, clearly over
+    assert fires(direction_vector(**content, sampling_share=0.5), thr + m / 2)  # plus logprobs / n > 1
+    assert fires(direction_vector(**content, non_streaming_share=1.0), thr + m / 2)  # whole sampled answers
+    assert fires(plain, thr + m / 2, dataclasses.replace(cfg, content_only_margin=0.0))  # off
+    with pytest.raises(ValueError, match="content_only_margin"):
+        DetectorConfig(content_only_margin=0.6)
