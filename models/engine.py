@@ -550,7 +550,7 @@ class DetectionCore:
             above = score >= bar
             clear = score >= bar + cfg.fast_open_margin  # clear evidence needs no confirmation
             changed = f[F.F_CHANGE] >= cfg.change_evals
-            if ((above and f[F.F_ABOVE] >= cfg.confirm_evals) or (above and (clear or verdict == "confirmed"))
+            if (above and (f[F.F_ABOVE] >= cfg.confirm_evals or clear or verdict == "confirmed")
                     or changed):
                 if changed or drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
                     det = _DET_DRIFT
