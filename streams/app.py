@@ -757,13 +757,16 @@ class Worker:
         try:
             # Faust's record of the committed offsets it sought to at the last rebalance
             committed = getattr(consumer, "_committed_offset", None) or {}
-            self._report_partitions(consumer.assignment(), consumer.highwater, committed, time.time())
+            self._report_partitions(consumer.highwater, committed, time.time())
         except Exception as exc:  # noqa: BLE001 - metrics must never stop the worker
             log.debug("consumer lag not available: %r", exc)
 
-    def _report_partitions(self, assignment: Iterable[Any], highwater: Callable[[Any], int | None],
+    def _report_partitions(self, highwater: Callable[[Any], int | None],
                            committed: Mapping[Any, int | None], now: float) -> None:
-        """Per assigned input partition: its consumer lag and when it last made progress.
+        """Per input partition the group gives this worker now (``_owned``, kept by
+        ``_on_assigned`` / ``_on_revoked``; the consumer's own assignment can still list revoked
+        partitions mid-rebalance, and a series re-created for one of those would stay behind and
+        age into a false page): its consumer lag and when it last made progress.
 
         The lag counts from the next offset to read: after the last event this worker processed,
         or where the group had committed when it was assigned, whichever is further (a
@@ -775,11 +778,8 @@ class Worker:
         """
         m = self.metrics
         topic = self.settings.events_topic
-        for tp in assignment:
-            # only what the group gives this worker now (_on_assigned / _on_revoked): the
-            # consumer's assignment can still list revoked partitions mid-rebalance, and a
-            # series re-created for one of those would stay behind and age into a false page
-            if tp.topic != topic or tp not in self._owned:
+        for tp in self._owned:
+            if tp.topic != topic:
                 continue
             key = (tp.topic, tp.partition)
             last = self._last_offsets.get(key)
