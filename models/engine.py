@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.22"
+MODEL_VERSION = "key-0.23"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -116,6 +116,9 @@ class DetectorConfig:
         baseline is below ``threshold_floor - resolve_margin`` (its history was benign) has its
         answer/prompt ratio raised toward the short-window mean, in proportion to its extraction
         evidence (:func:`models.features._fast_ratio`).
+        With ``fast_seconds`` the short windows span at least about that much event time as
+        well as about ``1 / fast_alpha`` requests (key-0.23): five requests of a key sending
+        every few seconds are a streak, not a change, until they last.
     change_h
         Change points (0 = off): each fast share also runs a one-sided Bernoulli CUSUM against
         the key's own long share (H1 halfway to 1); past ``change_h + log(1 + events)`` the
@@ -172,7 +175,9 @@ class DetectorConfig:
         how it takes the answers, ``outlier_support`` over ``population_support`` (sampling
         options, a temperature sweep, whole sampled answers, templated prompts, regular timing,
         429s, no streaming), and does not apply to a key whose score drifted up (a change toward
-        harvesting is evidence too) or to the change path. Episodes resolve as before. 0 = off.
+        harvesting is evidence too). The change path asks the same margin of the rise (key-0.23):
+        a content-only key's score must rise ``drift_min_rise`` plus the margin over where it
+        stood. Episodes resolve as before. 0 = off.
     threshold_floor, threshold_ceiling, threshold_quantile, threshold_margin
         Adaptive threshold: the ``threshold_quantile`` of recent unflagged key scores plus
         ``threshold_margin``, clipped to [floor, ceiling].
@@ -238,6 +243,7 @@ class DetectorConfig:
     fast_alpha: float = 0.2
     fast_weight: float = 1.0
     fast_z: float = 1.5
+    fast_seconds: float = 60.0
     fast_shares: bool = True
     fast_ratio: bool = True
     change_h: float = 2.3
@@ -307,6 +313,8 @@ class DetectorConfig:
              f"fast_alpha must be in [share_alpha, 1), got {self.fast_alpha}")
         need(0.0 <= self.fast_weight <= 1.0, f"fast_weight must be in [0, 1], got {self.fast_weight}")
         need(0.0 <= self.fast_z <= 10.0, f"fast_z must be in [0, 10], got {self.fast_z}")
+        need(0.0 <= self.fast_seconds <= 3600.0,
+             f"fast_seconds must be in [0, 3600] (0 = off), got {self.fast_seconds}")
         need(self.dup_bits < self.template_bits <= 32,
              f"need dup_bits < template_bits <= 32, got {self.dup_bits}, {self.template_bits}")
         need(self.bloom_rotate <= 400, f"bloom_rotate must be <= 400 (2048-bit filter), got {self.bloom_rotate}")
@@ -434,7 +442,8 @@ class DetectionCore:
         self.events_total = 0
         self.duplicates_total = 0
         self._last_sweep = 0.0
-        self._args = (cfg.share_alpha, cfg.dup_bits, cfg.template_bits, cfg.bloom_rotate, cfg.fast_alpha)
+        self._args = (cfg.share_alpha, cfg.dup_bits, cfg.template_bits, cfg.bloom_rotate, cfg.fast_alpha,
+                      cfg.fast_seconds)
 
     # -- the per-event path ----------------------------------------------------------------
     def process(self, event: dict, seq: int | None = None) -> list[dict]:
@@ -456,7 +465,7 @@ class DetectionCore:
         if ks.ep_sev and ks.events and ts - f[F.F_LAST] > cfg.quiet_timeout:
             out.append(self._resolve(k, ks, f[F.F_LAST]))
         a = self._args
-        apply_event(ks, event, a[0], a[1], a[2], a[3], a[4])
+        apply_event(ks, event, a[0], a[1], a[2], a[3], a[4], a[5])
         self.events_total += 1
         self._dirty.add(k)
         if ks.ep_sev:
@@ -536,8 +545,12 @@ class DetectionCore:
             f[F.F_ABOVE] = 0.0
         drifted = self._drifted(ks, ts)
         # (not once an analyst marked the key a false positive: then only the raised bar fires)
-        if (drifted and s_dir >= cfg.change_floor
-                and s_dir - f[F.F_CHANGE_REF] >= cfg.drift_min_rise and f[F.F_FP_FLOOR] == 0.0):
+        # A change in content alone must be larger by the content-only margin (key-0.23): a
+        # reasoning product's questions wander with its users, as a drifter's would.
+        if (drifted and s_dir >= cfg.change_floor and f[F.F_FP_FLOOR] == 0.0
+                and s_dir - f[F.F_CHANGE_REF] >= cfg.drift_min_rise
+                + opening_bar(0.0, vec, cfg.content_only_margin, cfg.population_support,
+                              cfg.collect_weight, cfg.template_weight)):
             f[F.F_CHANGE] += 1.0
         else:
             f[F.F_CHANGE] = 0.0

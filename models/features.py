@@ -177,7 +177,8 @@ DIRECTION = {
 
 
 def apply_event(
-    ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom_cap: int, fast_alpha: float = 0.125
+    ks, ev: dict, alpha: float, dup_bits: int, tmpl_bits: int, bloom_cap: int, fast_alpha: float = 0.125,
+    fast_seconds: float = 0.0,
 ) -> None:
     """Fold one validated QueryEvent v1 into the key state (per-event hot path).
 
@@ -185,11 +186,21 @@ def apply_event(
     SimHash Hamming distances under which a prompt counts as a near-duplicate / a member of a
     recent template family; ``bloom_cap`` is the insert count after which the Bloom filter
     rotates its generations; ``fast_alpha`` is the EW rate of the short-horizon harvest share.
+    With ``fast_seconds`` > 0 the short windows also span at least about that much event time
+    (per-event decay ``max(1 - fast_alpha, exp(-dt / fast_seconds))``): a key sending every few
+    seconds has its short window over the last minute, not the last few seconds, so a streak
+    of a few requests is not a change unless it lasts.
     """
     f = ks.f
     d = 1.0 - alpha
     ts = ev["ts"]
     n_ev = ks.events
+    df = 1.0 - fast_alpha
+    if fast_seconds > 0.0 and n_ev > 0:
+        gap = ts - f[F_LAST]
+        keep = math.exp(-gap / fast_seconds) if gap > 0.0 else 1.0
+        if keep > df:
+            df = keep
     if n_ev == 0:
         f[F_FIRST] = ts
         f[F_LAST] = ts
@@ -259,7 +270,7 @@ def apply_event(
         else:
             a = 1.0 / (n_ok + 1.0) if n_ok * alpha < 1.0 else alpha
             f[F_RATIO] += a * (lr - f[F_RATIO])
-            f[F_RFAST] += fast_alpha * (lr - f[F_RFAST])
+            f[F_RFAST] += (1.0 - df) * (lr - f[F_RFAST])
             f[F_PLOG] += a * (lp - f[F_PLOG])
             f[F_CLOG] += a * (lc - f[F_CLOG])
         if n_ok < 1000.0:
@@ -276,7 +287,6 @@ def apply_event(
         _cusum(f, F_HCP, harvest, f[F_HARV_S], f[F_HARV_W])
         f[F_HARV_W] = f[F_HARV_W] * d + 1.0
         f[F_HARV_S] = f[F_HARV_S] * d + (1.0 if harvest else 0.0)
-        df = 1.0 - fast_alpha
         f[F_HFAST_W] = f[F_HFAST_W] * df + 1.0
         f[F_HFAST_S] = f[F_HFAST_S] * df + (1.0 if harvest else 0.0)
     f[F_429] = f[F_429] * d + (alpha if status == 429 else 0.0)
@@ -286,7 +296,6 @@ def apply_event(
         _cusum(f, F_CCP, bool(v), f[F_COT_S], f[F_COT_W])
         f[F_COT_W] = f[F_COT_W] * d + 1.0
         f[F_COT_S] = f[F_COT_S] * d + (1.0 if v else 0.0)
-        df = 1.0 - fast_alpha
         f[F_CFAST_W] = f[F_CFAST_W] * df + 1.0
         f[F_CFAST_S] = f[F_CFAST_S] * df + (1.0 if v else 0.0)
 
@@ -321,7 +330,6 @@ def apply_event(
         _cusum(f, F_SCP, v == 1, f[F_SINGLE_S], f[F_TURN_W])
         f[F_TURN_W] = f[F_TURN_W] * d + 1.0
         f[F_SINGLE_S] = f[F_SINGLE_S] * d + (1.0 if v == 1 else 0.0)
-        df = 1.0 - fast_alpha
         f[F_SFAST_W] = f[F_SFAST_W] * df + 1.0
         f[F_SFAST_S] = f[F_SFAST_S] * df + (1.0 if v == 1 else 0.0)
 

@@ -753,7 +753,35 @@ def test_change_point_sees_a_short_run_after_a_benign_history_not_a_reasoning_ap
     assert drifted.f[Fm.F_HCP] == 0.0 and drifted.f[Fm.F_HCP + 1] == 0.0
 
 
+def test_short_window_spans_a_minute_for_a_busy_key():
+    from models.features import FEATURES, apply_event, direction_features
+    from models.keymodel import KeyState
+
+    def ev(i, gap, harvest):
+        return {"event_id": str(i), "ts": T0 + gap * i, "api_key": "k", "status": 200,
+                "prompt_tokens": 200, "completion_tokens": 1024 if harvest else 60, "topic": "science"}
+
+    h = FEATURES.index("harvest_share")
+    kw = dict(fast_weight=1.0, fast_alpha=0.2, fast_z=1.5)
+
+    def share(gap, n_streak, fast_seconds, n=600):
+        ks = KeyState()
+        for i in range(n):  # one harvest in ten, then a streak at the end
+            apply_event(ks, ev(i, gap, i % 10 == 0 or i >= n - n_streak), 1 / 32, 0, 20, 96, 0.2, fast_seconds)
+        return direction_features(ks, 0.0, **kw)[h]
+
+    # a key sending every 4 s: five long answers in 20 s lift the count window, not the minute
+    assert share(4.0, 5, 0.0) > 0.4
+    assert share(4.0, 5, 60.0) < 0.25
+    # the same key harvesting for two minutes has changed either way
+    assert share(4.0, 30, 60.0) > 0.6
+    # a key sending once a minute keeps its window of about five requests
+    assert share(60.0, 5, 60.0) == share(60.0, 5, 0.0)
+
+
 def test_fast_window_config_is_validated():
+    with pytest.raises(ValueError, match="fast_seconds"):
+        DetectorConfig(fast_seconds=-1.0)
     with pytest.raises(ValueError, match="fast_alpha"):
         DetectorConfig(fast_alpha=0.01)
     with pytest.raises(ValueError, match="fast_weight"):
@@ -991,6 +1019,32 @@ def test_a_key_that_changes_toward_harvesting_fires_key_drift_below_the_line():
     core = _ScriptedCore(script)
     core.feedback = fb
     assert not [a for a in run(core, _steady_key(80)) if a["status"] == "firing"]
+
+
+def test_a_change_in_content_alone_must_be_larger_by_the_margin():
+    """The change path asks a content-only key for the same margin as the line (key-0.23): a
+    reasoning product's questions wander with its users. One tell of how a key takes the
+    answers (here logprobs / n > 1) and the plain rise is enough."""
+    def script(evals):
+        return 0.03 if evals <= 40 else 0.16  # a rise of 0.13: over 0.1, under 0.1 + 0.04
+
+    class VecCore(_ScriptedCore):
+        def __init__(self, vec, **kw):
+            super().__init__(script, **kw)
+            self._vec = vec
+
+        def _direction(self, ks):
+            return list(self._vec), self._script(ks.evals), [0.0] * len(F.FEATURES)
+
+    def drift_alerts(vec, **kw):
+        return [a for a in run(VecCore(vec, **kw), _steady_key(80))
+                if a["status"] == "firing" and a["detector"] == "key_drift"]
+
+    content = direction_vector(harvest_share=0.6, cot_share=0.5, capability_share=0.9)
+    assert not drift_alerts(content)
+    assert drift_alerts(content, content_only_margin=0.0)
+    assert drift_alerts(direction_vector(harvest_share=0.6, cot_share=0.5, capability_share=0.9,
+                                         sampling_share=0.5))
 
 
 def test_content_alone_must_clear_the_line_by_a_margin(monkeypatch):
