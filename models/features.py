@@ -195,12 +195,7 @@ def apply_event(
     d = 1.0 - alpha
     ts = ev["ts"]
     n_ev = ks.events
-    df = 1.0 - fast_alpha
-    if fast_seconds > 0.0 and n_ev > 0:
-        gap = ts - f[F_LAST]
-        keep = math.exp(-gap / fast_seconds) if gap > 0.0 else 1.0
-        if keep > df:
-            df = keep
+    df = 1.0 - fast_alpha  # the short windows' decay (at least a minute's, below)
     if n_ev == 0:
         f[F_FIRST] = ts
         f[F_LAST] = ts
@@ -219,6 +214,10 @@ def apply_event(
             f[F_R1H] = f[F_R1H] * exp(-dt / _TAU_1H) + 1.0
             f[F_R24H] = f[F_R24H] * exp(-dt / _TAU_24H) + 1.0
             f[F_LAST] = ts
+            if fast_seconds > 0.0:
+                keep = exp(-dt / fast_seconds)
+                if keep > df:
+                    df = keep
             # Regularity on the log scale is scale-free: a bot at 1/s and one at 1/min
             # both have a tiny spread; Poisson arrivals have sd 1.28 whatever the rate.
             lg = math.log(dt if dt > 0.05 else 0.05)
@@ -240,6 +239,8 @@ def apply_event(
                 ks.last_min = m
         else:
             # Same second or out of order: counts still grow, clocks do not go backwards.
+            if fast_seconds > 0.0:
+                df = 1.0  # no time passed: the short windows keep everything
             f[F_R5M] += 1.0
             f[F_R1H] += 1.0
             f[F_R24H] += 1.0
