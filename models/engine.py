@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.23"
+MODEL_VERSION = "key-0.24"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -144,6 +144,12 @@ class DetectorConfig:
         template) as one more extraction tell; 0 = off. Batch jobs, evals and agents template
         too: the tell multiplies content like the others, so their low content (or the greedy
         gate) keeps them low.
+    template_z
+        The template share is read at ``template_z`` standard errors below its value,
+        ``share - z * sqrt(share * (1 - share) / events)`` (key-0.24; 0 = as measured). It is
+        the tell that waives the content-only margin and lets the outlier boost through, and
+        a product's first few dozen requests can share a system prompt by chance: 10 of 28
+        is not yet a template, 300 of 1,000 is.
     fabricated_weight, fabricated_prior
         Fake follow-ups: a key whose follow-up turns do not carry their conversation's history
         (:func:`models.features.fabricated_share`, shrunk by ``fabricated_prior``
@@ -256,6 +262,7 @@ class DetectorConfig:
     unknown_relief: float = 1.0
     collect_weight: float = 0.6
     template_weight: float = 0.5
+    template_z: float = 1.0
     fabricated_weight: float = 1.0
     fabricated_prior: float = 3.0
     population_weight: float = 0.25
@@ -329,6 +336,7 @@ class DetectorConfig:
              f"collect_weight must be in [0, 1], got {self.collect_weight}")
         need(0.0 <= self.template_weight <= 1.0,
              f"template_weight must be in [0, 1], got {self.template_weight}")
+        need(0.0 <= self.template_z <= 5.0, f"template_z must be in [0, 5], got {self.template_z}")
         need(0.0 <= self.unknown_exponent <= 2.0,
              f"unknown_exponent must be in [0, 2], got {self.unknown_exponent}")
         need(0.0 <= self.fabricated_weight <= 5.0,
@@ -603,7 +611,7 @@ class DetectionCore:
         pop = self.population
         vec = direction_features(ks, pop.log_rate, pop.means, cfg.prior_weight, cfg.fast_weight, cfg.fast_alpha,
                                  cfg.fast_z, cfg.fast_shares, cfg.fast_ratio, self._benign_base(ks), cfg.change_h,
-                                 cfg.prior_relief)
+                                 cfg.prior_relief, cfg.template_z)
         s_dir, contrib = scrape_score(vec, cfg.score_mix, cfg.unknown_exponent, cfg.unknown_automation,
                                       cfg.unknown_relief, cfg.collect_weight, cfg.template_weight)
         m = self._fabricated(ks)[1]

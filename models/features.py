@@ -534,7 +534,7 @@ def direction_features(
     ks, pop_log_rate: float, prior=None, prior_weight: float = 0.0, fast_weight: float = 0.0,
     fast_alpha: float = 0.125, fast_z: float = 0.0, fast_shares: bool = False,
     fast_ratio: bool = False, benign_base: bool = True, change_h: float = 0.0,
-    prior_relief: float = 0.0,
+    prior_relief: float = 0.0, template_z: float = 0.0,
 ) -> list[float]:
     """The key's direction vector (FEATURES order), each in [0, 1], larger = more suspicious.
 
@@ -551,6 +551,10 @@ def direction_features(
     spread, as in the score): ``m x (1 - prior_relief x extraction)``. A product's first few
     requests carry no logprobs, n > 1 or temperature sweep; five requests that also ask for
     the answer distribution are less likely to look like harvesting by luck.
+
+    With ``template_z`` > 0 the template share is read that many binomial standard errors
+    below its value over the key's events (never below 0): a young key's share is uncertain
+    and the tell is one that waives the content-only margin.
 
     With ``fast_ratio``, a key whose own history was benign (``benign_base``) and whose harvest
     share rose beyond noise in the short window also has its answer/prompt ratio judged on its
@@ -579,6 +583,8 @@ def direction_features(
     if sim_w >= _MIN_W:
         novelty = 1.0 - f[F_DUP_S] / sim_w
         tmpl = f[F_TMPL_S] / sim_w
+        if template_z > 0.0 and ks.events > 0:
+            tmpl = max(tmpl - template_z * math.sqrt(tmpl * (1.0 - tmpl) / ks.events), 0.0)
     else:
         novelty = _NAN
         tmpl = _NAN

@@ -860,6 +860,35 @@ def test_templated_prompts_are_an_extraction_tell_but_content_stays_necessary():
 def test_template_weight_is_validated():
     with pytest.raises(ValueError, match="template_weight"):
         DetectorConfig(template_weight=1.5)
+    with pytest.raises(ValueError, match="template_z"):
+        DetectorConfig(template_z=-1.0)
+
+
+def test_a_young_keys_template_share_is_read_with_its_uncertainty():
+    """key-0.24: ten template members in the first thirty requests (a product's system prompt
+    shared by chance) are not yet a template; the same third of a thousand requests is."""
+    from models.features import FEATURES, direction_features
+    from models.keymodel import KeyState
+
+    t = FEATURES.index("template_share")
+    rnd = random.Random(7)
+
+    def key(n):
+        ks = KeyState()
+        for i in range(n):
+            templated = i % 3 == 0
+            h = "9f3a01c2e4b5d6f7" if templated else f"{rnd.getrandbits(64):016x}"
+            ev = {"ts": T0 + 60 * i, "api_key": "k", "prompt_tokens": 40 + i, "completion_tokens": 300,
+                  "status": 200, "prompt_simhash": h}
+            F.apply_event(ks, ev, 1 / 32, 0, 20, 96)
+        return direction_features(ks, 0.0)[t], direction_features(ks, 0.0, template_z=1.0)[t]
+
+    young_raw, young = key(30)
+    old_raw, old = key(1000)
+    assert 0.25 < young_raw < 0.45 and 0.25 < old_raw < 0.45
+    assert young_raw - young > 0.08  # one standard error of 30 requests
+    assert 0.0 < old_raw - old < 0.02
+    assert DetectorConfig().template_z == 1.0
 
 
 def test_outlier_support_counts_the_extraction_tells_the_score_counts():
