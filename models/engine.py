@@ -147,7 +147,7 @@ class DetectorConfig:
     template_z
         The template share is read at ``template_z`` standard errors below its value,
         ``share - z * sqrt(share * (1 - share) / events)`` (key-0.24; 0 = as measured). It is
-        the tell that waives the content-only margin and lets the outlier boost through, and
+        one of the tells that waive the content-only margin and let the outlier boost through, and
         a product's first few dozen requests can share a system prompt by chance: 10 of 28
         is not yet a template, 300 of 1,000 is.
     fabricated_weight, fabricated_prior
