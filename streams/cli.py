@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--truth", required=True, metavar="TRUTH.json")
     sm.add_argument("--scale", type=_positive_float, default=1.0, help="scale keys and volume")
     sm.add_argument("--traces", default=None, metavar="DIR",
-                    help="real traces folder (default: MOATWATCH_TRACES or ../shared/data)")
+                    help="folder of real LLM-serving traces: CSV or JSON lines with prompt and "
+                         "answer token columns, e.g. the Azure, BurstGPT or Mooncake traces "
+                         "(default: MOATWATCH_TRACES or ../shared/data)")
     sm.add_argument("--start-ts", type=float, default=None, help="Unix start time")
 
     ev = add("evaluate", "score alerts against a simulation's truth: recall, FP rate, time to detect")

@@ -8,7 +8,10 @@ alerts against, so two rules shape everything here:
   bootstrapped from the Azure LLM inference traces (so bursts look like production bursts),
   prompt/completion lengths are drawn from the Azure and Mooncake traces, and prompt
   near-duplicates follow Mooncake's shared-prefix blocks (how often real prompts share a
-  prefix, and how much of it).
+  prefix, and how much of it). Other traces can take their place (``--traces DIR``): any CSV
+  or JSON-lines trace with prompt- and answer-length columns, recognised by its columns, not
+  its file name (:func:`trace_roles`), so the detector can be checked on backgrounds it was
+  never tuned on.
 * Nothing an attacker does is a constant. Every attack parameter (rate, CoT share, template
   count and tightness, token lengths, timing regularity, sampling options, network, user agent,
   which optional fields its gateway sends) is drawn per key and per seed from a range that
@@ -50,6 +53,7 @@ __all__ = [
     "TracesNotFoundError",
     "resolve_traces_dir",
     "simulate",
+    "trace_roles",
 ]
 
 #: Schema tag of the truth file.
@@ -83,11 +87,27 @@ ATTACK_PERSONAS = (
 #: Benign personas that share surface traits with distillation (issue 3's hard negatives).
 HARD_NEGATIVE_PERSONAS = frozenset({"rag_batch", "eval_harness", "ci_suite", "coding_agent"})
 
-_TRACE_FILES = (
-    "azure_llm_2023_code.csv",
-    "azure_llm_2023_conv.csv",
-    "mooncake_conversation_trace.jsonl",
-)
+#: The bundled traces' file names. A folder that holds them uses exactly these, each in its
+#: usual part, so every documented seed stays byte-identical.
+_CANONICAL = {
+    "conv": "azure_llm_2023_conv.csv",
+    "code": "azure_llm_2023_code.csv",
+    "prefix": "mooncake_conversation_trace.jsonl",
+}
+#: Column (CSV header) or key (JSON lines) names a trace may use, compared lower-case with
+#: everything but letters and digits removed ("Request tokens" = "request_tokens").
+_TIME_NAMES = ("timestamp", "time", "ts", "arrivaltime", "arrivaltimestamp", "datetime")
+_PROMPT_NAMES = ("contexttokens", "requesttokens", "inputtokens", "inputlength", "prompttokens",
+                 "numprompttokens", "inputlen", "prompttokencount", "inputtokencount",
+                 "contextlength", "promptlength")
+_ANSWER_NAMES = ("generatedtokens", "responsetokens", "outputtokens", "outputlength",
+                 "completiontokens", "numcompletiontokens", "outputlen", "completiontokencount",
+                 "outputtokencount", "responselength", "completionlength")
+#: At most this many rows are read from one file (the first ones): a week-long trace would
+#: otherwise take minutes to load, and the simulator only resamples its distributions.
+MAX_TRACE_ROWS = 1_000_000
+#: A file with fewer usable rows than this is not used (too few to bootstrap bursts from).
+MIN_TRACE_ROWS = 500
 _U64 = np.uint64
 
 
@@ -99,16 +119,29 @@ class TracesNotFoundError(FileNotFoundError):
 # Real traces
 
 
+def _traces_hint() -> str:
+    return (
+        "The simulator builds its benign background from real LLM-serving traces: CSV files "
+        "with a header or JSON-lines files, one request per row, with a prompt-length column "
+        "(e.g. ContextTokens, Request tokens, input_length), an answer-length column (e.g. "
+        "GeneratedTokens, Response tokens, output_length) and, for arrival bursts, a timestamp "
+        "(e.g. TIMESTAMP, Timestamp, timestamp); Mooncake's hash_ids, when present, give prompt "
+        "prefix sharing. Put such files there, or point to them with --traces DIR or "
+        "MOATWATCH_TRACES=DIR."
+    )
+
+
 def resolve_traces_dir(traces_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Find the directory holding the shared real traces.
+    """Find the directory holding the real traces.
 
     Order: the explicit argument, then ``$MOATWATCH_TRACES``, then ``<repo>/../shared/data``
-    (where CI checks the shared data out next to the repository).
+    (where CI checks the shared data out next to the repository). Which files in it are used,
+    and for what, is :func:`trace_roles`.
 
     Raises
     ------
     TracesNotFoundError
-        If a trace file is missing, with what to do about it.
+        If the directory does not exist or holds no usable trace, with what to do about it.
     """
     if traces_dir is not None:
         where, how = Path(traces_dir), "--traces"
@@ -116,81 +149,340 @@ def resolve_traces_dir(traces_dir: str | os.PathLike[str] | None = None) -> Path
         where, how = Path(os.environ["MOATWATCH_TRACES"]), "MOATWATCH_TRACES"
     else:
         where, how = Path(__file__).resolve().parents[1].parent / "shared" / "data", "default"
-    missing = [name for name in _TRACE_FILES if not (where / name).is_file()]
-    if missing:
-        raise TracesNotFoundError(
-            f"real traffic traces not found: {where} ({how}) lacks {', '.join(missing)}. "
-            "The simulator builds its benign background from them. Put the shared data "
-            "directory there, or point to it with --traces DIR or MOATWATCH_TRACES=DIR."
-        )
+    if not where.is_dir():
+        raise TracesNotFoundError(f"real traffic traces not found: {where} ({how}) is not a "
+                                  f"directory. {_traces_hint()}")
+    trace_roles(str(where.resolve()), how)
     return where
+
+
+def _norm(name: object) -> str:
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def _find(names: list[str], wanted: tuple[str, ...]) -> int | None:
+    """Index of the first of ``names`` matching ``wanted`` (in ``wanted``'s order of preference)."""
+    normed = [_norm(n) for n in names]
+    for w in wanted:
+        if w in normed:
+            return normed.index(w)
+    return None
+
+
+@dataclass(frozen=True)
+class _TraceFile:
+    """One trace file's usable rows: prompt and answer tokens, raw timestamps, prefix blocks."""
+
+    path: Path
+    prompt: np.ndarray
+    answer: np.ndarray
+    stamps: list[Any] | None  # raw timestamp values, None when the trace has no timestamp
+    blocks: list[tuple[int, ...]] | None  # Mooncake-style hash_ids per row, None when absent
+
+
+def _as_count(v: Any) -> int | None:
+    """A token count from a CSV cell or JSON value; None if it is not a positive number."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(x) or x < 1:
+        return None
+    return int(x)
+
+
+def _read_trace(path: Path) -> _TraceFile:
+    """Read a CSV (with a header) or JSON-lines trace; ValueError says why it is not usable.
+
+    Rows without a positive prompt and answer length (failed requests, blanks) are left out.
+    """
+    prompt: list[int] = []
+    answer: list[int] = []
+    stamps: list[Any] = []
+    blocks: list[tuple[int, ...]] = []
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+            rows = csv.reader(fh)
+            header = next(rows, None)
+            if not header:
+                raise ValueError("empty file")
+            ti, pi, ai = (_find(header, _TIME_NAMES), _find(header, _PROMPT_NAMES),
+                          _find(header, _ANSWER_NAMES))
+            if pi is None or ai is None:
+                raise ValueError(f"no {'prompt' if pi is None else 'answer'}-length column in "
+                                 f"its header {header[:8]}")
+            for r in rows:
+                if len(prompt) >= MAX_TRACE_ROWS:
+                    break
+                if len(r) <= max(pi, ai, -1 if ti is None else ti):
+                    continue
+                p, a = _as_count(r[pi]), _as_count(r[ai])
+                if p is None or a is None:
+                    continue
+                prompt.append(p)
+                answer.append(a)
+                if ti is not None:
+                    stamps.append(r[ti])
+        has_time, has_blocks = ti is not None, False
+    elif suffix == ".jsonl":
+        keys: tuple[Any, Any, Any, Any] | None = None
+        with path.open("rb") as fh:
+            for line in fh:
+                if len(prompt) >= MAX_TRACE_ROWS:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(rec, dict):
+                    continue
+                if keys is None:
+                    names = list(rec)
+                    ti, pi, ai = (_find(names, _TIME_NAMES), _find(names, _PROMPT_NAMES),
+                                  _find(names, _ANSWER_NAMES))
+                    if pi is None or ai is None:
+                        raise ValueError(f"no {'prompt' if pi is None else 'answer'}-length key "
+                                         f"in its first record {names[:8]}")
+                    hi = _find(names, ("hashids",))
+                    keys = (None if ti is None else names[ti], names[pi], names[ai],
+                            None if hi is None else names[hi])
+                tk, pk, ak, hk = keys
+                p, a = _as_count(rec.get(pk)), _as_count(rec.get(ak))
+                if p is None or a is None:
+                    continue
+                prompt.append(p)
+                answer.append(a)
+                if tk is not None:
+                    stamps.append(rec.get(tk))
+                if hk is not None:
+                    b = rec.get(hk)
+                    blocks.append(tuple(b) if isinstance(b, list) else ())
+        if keys is None:
+            raise ValueError("no JSON record in it")
+        has_time, has_blocks = keys[0] is not None, keys[3] is not None
+    else:
+        raise ValueError("not a .csv or .jsonl file")
+    if len(prompt) < MIN_TRACE_ROWS:
+        raise ValueError(f"only {len(prompt)} usable rows (at least {MIN_TRACE_ROWS} needed)")
+    return _TraceFile(path, np.array(prompt, dtype=np.int64), np.array(answer, dtype=np.int64),
+                      stamps if has_time else None, blocks if has_blocks else None)
+
+
+def _unit_gaps_of(stamps: list[Any] | None) -> np.ndarray | None:
+    """Inter-arrival gaps normalised to mean 1 (units do not matter), or None if unusable.
+
+    Timestamps are numbers (seconds, milliseconds, ...) or date-times such as
+    ``2023-11-16 18:17:03.9799600``.
+    """
+    if not stamps:
+        return None
+    try:
+        ts = np.array([float(v) for v in stamps], dtype=np.float64)
+    except (TypeError, ValueError):
+        try:
+            dt = np.array([str(v).replace(" ", "T")[:26] for v in stamps], dtype="datetime64[us]")
+        except ValueError:
+            return None
+        ts = (dt - dt.min()).astype(np.float64) / 1e6
+    if not np.isfinite(ts).all():
+        return None
+    ts = _spread_ties(np.sort(ts))
+    gaps = np.diff(ts)
+    if len(gaps) < MIN_TRACE_ROWS - 1 or not gaps.mean() > 0:
+        return None
+    # A service trace holds a few multi-minute lulls of the whole service (557x the mean gap in
+    # the Azure code trace); bootstrapped onto one key they would become hour-long silences.
+    # Keep the bursts, clip the lulls at the 99th percentile.
+    gaps = np.minimum(gaps, np.percentile(gaps, 99))
+    return gaps / gaps.mean()
+
+
+def _spread_ties(ts: np.ndarray) -> np.ndarray:
+    """Sorted timestamps with each run of equal values spread over the time to the next value.
+
+    A trace stamped to the second (Mooncake's) holds several requests per stamp; taken as
+    they are they would arrive at once, a burst no service saw. Given k arrivals in an
+    interval, the times of a Poisson process are k uniform draws there, so a run of k ties
+    keeps its first stamp and its other k - 1 requests are placed at sorted uniform points
+    within one tick of the trace's clock (its smallest positive step), never past the next
+    stamp (a fixed seed: loading stays deterministic). A trace without ties (the Azure ones,
+    stamped to the microsecond) is returned unchanged.
+    """
+    if len(ts) < 2:
+        return ts
+    step = np.diff(ts)
+    if not (step == 0).any():
+        return ts
+    positive = step[step > 0]
+    if not len(positive):
+        return ts
+    out = ts.astype(np.float64).copy()
+    starts = np.flatnonzero(np.r_[True, step > 0])  # first index of each run of equal stamps
+    ends = np.r_[starts[1:], len(ts)]
+    tick = float(np.min(positive))
+    nxt = np.r_[ts[starts[1:]], ts[-1] + tick]  # the next stamp
+    rng = np.random.default_rng(0)
+    for a, b, t_next in zip(starts.tolist(), ends.tolist(), nxt.tolist(), strict=True):
+        k = b - a
+        if k > 1:
+            span = min(t_next - ts[a], tick)
+            out[a + 1:b] = ts[a] + span * np.sort(rng.random(k - 1))
+    return out
+
+
+def _prefix_sharing(files: list[_TraceFile]) -> tuple[np.ndarray, np.ndarray]:
+    """Per request: the fraction of its prefix blocks shared with an earlier request of the
+    same file, and an id of that shared prefix (0 when nothing is shared). Files without
+    blocks share nothing."""
+    shares: list[float] = []
+    groups: list[int] = []
+    seen: dict[tuple[Any, ...], int] = {}
+    for fi, tf in enumerate(files):
+        if tf.blocks is None:
+            shares.extend([0.0] * len(tf.prompt))
+            groups.extend([0] * len(tf.prompt))
+            continue
+        for blocks in tf.blocks:
+            key = (fi, *blocks)
+            shared = 0
+            while shared < len(blocks) and key[: shared + 2] in seen:
+                shared += 1
+            for k in range(shared + 1, len(blocks) + 1):
+                seen[key[: k + 1]] = len(seen) + 1
+            shares.append(shared / len(blocks) if blocks else 0.0)
+            groups.append(seen[key[: shared + 1]] if shared else 0)
+    return np.array(shares, dtype=np.float64), np.array(groups, dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class TraceRoles:
+    """Which trace files drive which part of the benign background, and why."""
+
+    conv: tuple[Path, ...]  # conversational service: chat lengths and arrival bursts
+    code: tuple[Path, ...]  # code service: coding tools' lengths and bursts
+    prefix: tuple[Path, ...]  # prompt/answer lengths with prefix sharing (Mooncake hash_ids)
+    notes: tuple[str, ...]  # fallbacks taken and files left out, for the summary
+
+    def describe(self) -> dict[str, Any]:
+        return {"conv": [p.name for p in self.conv], "code": [p.name for p in self.code],
+                "prefix": [p.name for p in self.prefix], "notes": list(self.notes)}
+
+
+@lru_cache(maxsize=8)
+def _read_cached(path: str, mtime_ns: int, size: int) -> _TraceFile:
+    return _read_trace(Path(path))
+
+
+def _read(path: Path) -> _TraceFile:
+    st = path.stat()
+    return _read_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4)
+def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
+    """Assign the trace files in ``where`` to the simulator's three parts.
+
+    The bundled file names (:data:`_CANONICAL`) keep their parts. Any other ``.csv`` (with a
+    header) or ``.jsonl`` file with prompt- and answer-length columns is read: one with
+    ``hash_ids`` feeds prefix sharing, one with "code" in its name the code service, the rest
+    the conversational service (several files of a part are pooled). A part with no file
+    borrows one: conversations from the code or prefix traces, code from conversations,
+    prefix lengths from conversations (with no prefix sharing then). Raises
+    :class:`TracesNotFoundError` when nothing in the folder is usable, naming each file and
+    why it was left out.
+    """
+    root = Path(where)
+    roles: dict[str, list[Path]] = {"conv": [], "code": [], "prefix": []}
+    notes: list[str] = []
+    problems: list[str] = []
+    canonical = {r: root / n for r, n in _CANONICAL.items() if (root / n).is_file()}
+    for role, path in canonical.items():
+        roles[role].append(path)
+    if len(canonical) < len(_CANONICAL):
+        taken = set(canonical.values())
+        for path in sorted(p for p in root.iterdir() if p.is_file() and p not in taken):
+            if path.suffix.lower() not in (".csv", ".jsonl"):
+                continue
+            try:
+                tf = _read(path)
+            except (OSError, ValueError) as exc:
+                problems.append(f"{path.name}: {exc}")
+                continue
+            role = "prefix" if tf.blocks is not None else (
+                "code" if "code" in path.name.lower() else "conv")
+            if role in canonical:
+                notes.append(f"{path.name} not used: {canonical[role].name} is the {role} trace")
+                continue
+            roles[role].append(path)
+    if not any(roles.values()):
+        found = ", ".join(problems) if problems else "no .csv or .jsonl file"
+        raise TracesNotFoundError(f"no usable real traffic trace in {root} ({how}): {found}. "
+                                  f"{_traces_hint()}")
+    notes.extend(f"{p} (not used)" for p in problems)
+    if not roles["conv"]:
+        roles["conv"] = list(roles["code"] or roles["prefix"])
+        notes.append("conv: no conversational trace, using " + ", ".join(p.name for p in roles["conv"]))
+    if not roles["code"]:
+        roles["code"] = list(roles["conv"])
+        notes.append("code: no code-service trace, using " + ", ".join(p.name for p in roles["code"]))
+    if not roles["prefix"]:
+        roles["prefix"] = list(roles["conv"])
+        notes.append("prefix: no trace with hash_ids, so no prefix sharing; lengths from "
+                     + ", ".join(p.name for p in roles["prefix"]))
+    for role in ("conv", "code"):
+        if all(_unit_gaps_of(_read(p).stamps) is None for p in roles[role]):
+            donors = [p for r in ("conv", "code", "prefix") for p in roles[r]
+                      if _unit_gaps_of(_read(p).stamps) is not None]
+            if not donors:
+                raise TracesNotFoundError(
+                    f"no trace in {root} ({how}) has usable timestamps, so there are no real "
+                    f"arrival bursts to resample. {_traces_hint()}")
+            notes.append(f"{role}: no timestamps, arrival bursts from {donors[0].name}")
+    return TraceRoles(tuple(roles["conv"]), tuple(roles["code"]), tuple(roles["prefix"]),
+                      tuple(notes))
 
 
 @dataclass(frozen=True)
 class Traces:
     """Arrays drawn from the real traces (immutable, shared by every key)."""
 
-    conv_ctx: np.ndarray  # Azure conversational service: prompt (context) tokens
+    conv_ctx: np.ndarray  # conversational service (Azure conv): prompt (context) tokens
     conv_gen: np.ndarray  # ... and generated tokens of the same request
-    code_ctx: np.ndarray  # Azure code service
+    code_ctx: np.ndarray  # code service (Azure code)
     code_gen: np.ndarray
     conv_gaps: np.ndarray  # inter-arrival gaps, normalised to mean 1, in trace order
     code_gaps: np.ndarray
-    moon_in: np.ndarray  # Mooncake input/output lengths
+    moon_in: np.ndarray  # prefix trace (Mooncake) input/output lengths
     moon_out: np.ndarray
     moon_share: np.ndarray  # fraction of the prompt's blocks shared with an earlier prompt
     moon_group: np.ndarray  # id of that shared prefix (uint64), 0 when nothing is shared
+    roles: TraceRoles | None = field(default=None, compare=False)
 
 
-def _read_azure(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))[1:]
-    stamps = np.array([r[0].replace(" ", "T")[:26] for r in rows], dtype="datetime64[us]")
-    ts = (stamps - stamps.min()).astype(np.float64) / 1e6
-    ctx = np.array([int(r[1]) for r in rows], dtype=np.int64)
-    gen = np.array([int(r[2]) for r in rows], dtype=np.int64)
-    gaps = np.diff(np.sort(ts))
-    # The code trace holds a few multi-minute lulls of the whole service (557x the mean gap);
-    # bootstrapped onto one key they would become hour-long silences. Keep the bursts, clip
-    # the lulls at the 99th percentile.
-    gaps = np.minimum(gaps, np.percentile(gaps, 99))
-    return ctx, gen, gaps / gaps.mean()
-
-
-def _read_mooncake(path: Path) -> tuple[np.ndarray, ...]:
-    ins, outs, shares, groups = [], [], [], []
-    seen: dict[tuple[int, ...], int] = {}
-    with path.open("rb") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            rec = orjson.loads(line)
-            blocks = tuple(rec.get("hash_ids") or ())
-            shared = 0
-            while shared < len(blocks) and blocks[: shared + 1] in seen:
-                shared += 1
-            for k in range(shared + 1, len(blocks) + 1):
-                seen[blocks[:k]] = len(seen) + 1
-            ins.append(int(rec["input_length"]))
-            outs.append(int(rec["output_length"]))
-            shares.append(shared / len(blocks) if blocks else 0.0)
-            groups.append(seen[blocks[:shared]] if shared else 0)
-    return (
-        np.array(ins, dtype=np.int64),
-        np.array(outs, dtype=np.int64),
-        np.array(shares, dtype=np.float64),
-        np.array(groups, dtype=np.uint64),
-    )
+def _lengths_and_gaps(paths: tuple[Path, ...], donors: tuple[Path, ...]) -> tuple[np.ndarray, ...]:
+    files = [_read(p) for p in paths]
+    ctx = np.concatenate([f.prompt for f in files])
+    gen = np.concatenate([f.answer for f in files])
+    gaps = [g for g in (_unit_gaps_of(f.stamps) for f in files) if g is not None]
+    if not gaps:
+        gaps = [g for g in (_unit_gaps_of(_read(p).stamps) for p in donors) if g is not None][:1]
+    return ctx, gen, np.concatenate(gaps)
 
 
 @lru_cache(maxsize=4)
 def _load_traces(where: str) -> Traces:
-    root = Path(where)
-    code_ctx, code_gen, code_gaps = _read_azure(root / "azure_llm_2023_code.csv")
-    conv_ctx, conv_gen, conv_gaps = _read_azure(root / "azure_llm_2023_conv.csv")
-    m_in, m_out, m_share, m_group = _read_mooncake(root / "mooncake_conversation_trace.jsonl")
+    r = trace_roles(where)
+    donors = r.conv + r.code + r.prefix
+    code_ctx, code_gen, code_gaps = _lengths_and_gaps(r.code, donors)
+    conv_ctx, conv_gen, conv_gaps = _lengths_and_gaps(r.conv, donors)
+    files = [_read(p) for p in r.prefix]
+    m_share, m_group = _prefix_sharing(files)
     return Traces(conv_ctx, conv_gen, code_ctx, code_gen, conv_gaps, code_gaps,
-                  m_in, m_out, m_share, m_group)
+                  np.concatenate([f.prompt for f in files]), np.concatenate([f.answer for f in files]),
+                  m_share, m_group, r)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1630,7 +1922,8 @@ def simulate(hours: float, seed: int, out_path: str, truth_path: str, *,
     Returns
     -------
     dict
-        Summary: events, keys, attack keys, campaigns, keys and events per persona, seconds.
+        Summary: events, keys, attack keys, campaigns, keys and events per persona, seconds,
+        and which trace files played which part (:func:`trace_roles`).
     """
     if not hours > 0:
         raise ValueError(f"hours must be > 0, got {hours!r}")
@@ -1743,6 +2036,7 @@ def simulate(hours: float, seed: int, out_path: str, truth_path: str, *,
         "start_ts": t0,
         "end_ts": t1,
         "seconds": round(time.perf_counter() - began, 2),
+        "traces": {"dir": str(where), **(traces.roles.describe() if traces.roles else {})},
         "out_path": str(out_path),
         "truth_path": str(truth_path),
     }

@@ -285,6 +285,95 @@ def test_missing_traces_fail_with_a_clear_message(tmp_path: Path,
     assert (resolve_traces_dir() / "azure_llm_2023_conv.csv").is_file()
 
 
+_TRACE_ARRAYS = ("conv_ctx", "conv_gen", "code_ctx", "code_gen", "conv_gaps", "code_gaps",
+                 "moon_in", "moon_out", "moon_share", "moon_group")
+
+
+def _bundled(name: str) -> Path:
+    return resolve_traces_dir(None) / name
+
+
+def test_traces_under_other_names_play_the_same_parts(tmp_path: Path) -> None:
+    """The public datasets' own file names work: a file's part comes from its columns and
+    name (hash_ids: prefix sharing; "code": the code service), not from one spelling."""
+    from streams import simulator as sim
+
+    for src, dst in (("azure_llm_2023_code.csv", "AzureLLMInferenceTrace_code_1week.csv"),
+                     ("azure_llm_2023_conv.csv", "AzureLLMInferenceTrace_conv_1week.csv"),
+                     ("mooncake_conversation_trace.jsonl", "toolagent_trace.jsonl")):
+        (tmp_path / dst).write_bytes(_bundled(src).read_bytes())
+    (tmp_path / "README.md").write_text("provenance\n")
+    ours = sim._load_traces(str(resolve_traces_dir(None).resolve()))
+    theirs = sim._load_traces(str(resolve_traces_dir(tmp_path).resolve()))
+    for name in _TRACE_ARRAYS:
+        assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
+    assert theirs.roles.describe() == {
+        "conv": ["AzureLLMInferenceTrace_conv_1week.csv"],
+        "code": ["AzureLLMInferenceTrace_code_1week.csv"],
+        "prefix": ["toolagent_trace.jsonl"], "notes": []}
+
+
+def test_a_burstgpt_style_trace_drives_every_part(tmp_path: Path) -> None:
+    """BurstGPT's layout (seconds since start, "Request tokens", "Response tokens", failed
+    requests with 0 response tokens) alone is enough: it stands in for the code service and
+    for prompt lengths, without prefix sharing, and the summary says so."""
+    from streams import simulator as sim
+
+    rows = _bundled("azure_llm_2023_conv.csv").read_text().splitlines()[1:]
+    lines = ["Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type"]
+    kept = []
+    for i, row in enumerate(rows):
+        _, ctx, gen = row.split(",")
+        if i % 50 == 7:  # a failed request: no answer
+            lines.append(f"{i * 0.2:.1f},ChatGPT,{ctx},0,{ctx},Conversation log")
+            continue
+        lines.append(f"{i * 0.2:.1f},GPT-4,{ctx},{gen},{int(ctx) + int(gen)},API log")
+        kept.append((int(ctx), int(gen)))
+    (tmp_path / "BurstGPT_1.csv").write_text("\n".join(lines) + "\n\n")
+    tr = sim._load_traces(str(resolve_traces_dir(tmp_path).resolve()))
+    assert tr.conv_ctx.tolist() == [c for c, _ in kept]
+    assert tr.conv_gen.tolist() == [g for _, g in kept]
+    assert np.array_equal(tr.code_ctx, tr.conv_ctx) and np.array_equal(tr.moon_in, tr.conv_ctx)
+    assert not tr.moon_share.any() and not tr.moon_group.any()
+    assert abs(tr.conv_gaps.mean() - 1.0) < 1e-9
+    summary = simulate(0.5, 3, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"), scale=0.05,
+                       traces_dir=str(tmp_path), progress=False)
+    assert summary["events"] > 0
+    notes = " ".join(summary["traces"]["notes"])
+    assert "no code-service trace" in notes and "no prefix sharing" in notes
+    for line in (tmp_path / "e.jsonl").read_bytes().splitlines()[:200]:
+        validate_event(orjson.loads(line))  # raises on an invalid event
+
+
+def test_a_folder_without_a_usable_trace_says_what_it_found(tmp_path: Path) -> None:
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "events.jsonl").write_text('{"prompt_tokens": 5}\n')
+    (tmp_path / "tiny.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n0,10,20\n")
+    with pytest.raises(TracesNotFoundError) as err:
+        simulate(1, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"),
+                 traces_dir=str(tmp_path))
+    msg = str(err.value)
+    assert "notes.csv: no prompt-length column" in msg
+    assert "events.jsonl: no answer-length key" in msg
+    assert "tiny.csv: only 1 usable rows" in msg
+    assert "--traces DIR or MOATWATCH_TRACES" in msg
+
+
+def test_tied_timestamps_are_spread_not_stacked() -> None:
+    """A trace stamped to the second must not make its requests arrive at once; a trace
+    without ties (the bundled Azure ones) is left exactly as it is."""
+    from streams.simulator import _spread_ties
+
+    ts = np.array([0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 5.0])
+    out = _spread_ties(ts)
+    assert out[0] == 0.0 and out[3] == 1.0 and out[4] == 2.0 and out[7] == 5.0
+    assert np.all(np.diff(out) > 0)
+    # within one tick of the trace's clock (1.0 here), even before a long gap
+    assert 0.0 < out[1] < out[2] < 1.0 and 2.0 < out[5] < out[6] < 3.0
+    untied = np.array([0.0, 0.5, 0.7, 3.0])
+    assert _spread_ties(untied) is untied
+
+
 def test_rejects_nonsense_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hours"):
         simulate(0, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"))
