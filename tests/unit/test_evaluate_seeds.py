@@ -10,7 +10,7 @@ from streams.evaluation import evaluate
 
 def test_generates_replays_and_reports_the_cli_verdicts(tmp_path, capsys, bench_script):
     es = bench_script("evaluate_seeds")
-    sim, out, js = tmp_path / "sim", tmp_path / "out", tmp_path / "rows.json"
+    sim, out, js = tmp_path / "sim", tmp_path / "out", tmp_path / "results" / "rows.json"
     assert es.main(["--sim-dir", str(sim), "--out-dir", str(out), "--seeds", "5", "--generate",
                     "--hours", "1", "--jobs", "1", "--json", str(js)]) == 0
     rows = orjson.loads(js.read_bytes())["rows"]
