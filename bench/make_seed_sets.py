@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.perturb_traces import DEFAULT_SRC, MODES, perturb  # noqa: E402
+from bench.perturb_traces import DEFAULT_SRC, LAYOUTS, MODES, perturb  # noqa: E402
 
 MANIFEST = ROOT / "bench" / "seed_sets.json"
 
@@ -37,9 +37,10 @@ def _traces_dir(kind: str, root: Path, src: str) -> str | None:
     """The traces folder for a manifest ``traces`` value; None when it cannot be rebuilt."""
     if kind == "bundled":
         return src
-    if kind in MODES:
+    if kind in MODES or kind in LAYOUTS:
         out = root / "traces" / kind
-        if not (out / "mooncake_conversation_trace.jsonl").exists():
+        files = LAYOUTS.get(kind, ("mooncake_conversation_trace.jsonl",))
+        if not all((out / name).exists() for name in files):
             perturb(Path(src), out, kind)
         return str(out)
     return None

@@ -53,6 +53,33 @@ def test_long_answer_traces_shorten_prompts_and_lengthen_answers(tmp_path, bench
         assert int(b[2]) == max(1, round(int(a[2]) * 1.4))
 
 
+def test_layouts_keep_the_numbers_and_the_simulator_finds_their_parts(tmp_path, bench_script):
+    """mooncake-only and burstgpt-layout change file names and columns, not the data: the
+    simulator's trace discovery reads the same lengths and arrival gaps back."""
+    from streams import simulator as sim
+
+    pt = bench_script("perturb_traces")
+    pt.perturb(pt.Path(DATA), tmp_path / "m", "mooncake-only")
+    assert _mooncake(tmp_path / "m" / "conversation_trace.jsonl") == _mooncake(
+        os.path.join(DATA, "mooncake_conversation_trace.jsonl"))
+    pt.perturb(pt.Path(DATA), tmp_path / "b", "burstgpt-layout")
+    rows = _azure(tmp_path / "b" / "BurstGPT_conv.csv")
+    src = _azure(os.path.join(DATA, "azure_llm_2023_conv.csv"))
+    assert rows[0] == ["Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens",
+                       "Log Type"]
+    assert [(r[2], r[3]) for r in rows[1:]] == [(r[1], r[2]) for r in src[1:]]
+    assert float(rows[1][0]) == 0.0
+    bundled = sim._load_traces(str(sim.resolve_traces_dir(DATA).resolve()))
+    burst = sim._load_traces(str((tmp_path / "b").resolve()))
+    assert burst.conv_ctx.tolist() == bundled.conv_ctx.tolist()
+    # timestamps rounded to the millisecond (ties spread within it): the same bursts
+    assert len(burst.conv_gaps) == len(bundled.conv_gaps)
+    assert abs(burst.conv_gaps - bundled.conv_gaps).max() < 0.02
+    moon = sim._load_traces(str((tmp_path / "m").resolve()))
+    assert moon.roles.conv == moon.roles.code == moon.roles.prefix
+    assert moon.moon_share.tolist() == bundled.moon_share.tolist()
+
+
 def test_missing_traces_say_where_to_point(tmp_path, capsys, bench_script):
     pt = bench_script("perturb_traces")
     assert pt.main(["--mode", "swapped", "--out", str(tmp_path / "o"), "--src", str(tmp_path)]) == 2
@@ -67,7 +94,8 @@ def test_the_manifest_is_well_formed(bench_script):
     for e in seeds:
         assert isinstance(e["seed"], int) and e["scale"] > 0
         assert e["start_ts"] is None or e["start_ts"] > 1.7e9
-        assert e["traces"] == "bundled" or e["traces"] in ms.MODES or "ambiguous" in e
+        assert (e["traces"] == "bundled" or e["traces"] in ms.MODES or e["traces"] in ms.LAYOUTS
+                or "ambiguous" in e)
 
 
 def test_every_seed_names_a_section_that_exists(bench_script):
