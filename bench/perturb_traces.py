@@ -34,7 +34,7 @@ import argparse
 import csv
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -99,7 +99,7 @@ def _burstgpt_layout(src: Path, dst: Path) -> int:
         first = None
         n = 0
         for ts, ctx, gen in rows:
-            t = datetime.fromisoformat(ts[:26]).replace(tzinfo=timezone.utc).timestamp()
+            t = datetime.fromisoformat(ts[:26]).replace(tzinfo=UTC).timestamp()
             first = t if first is None else first
             out.writerow([f"{t - first:.3f}", "ChatGPT", ctx, gen, int(ctx) + int(gen),
                           "Conversation log"])

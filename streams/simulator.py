@@ -171,12 +171,12 @@ def _find(names: list[str], wanted: tuple[str, ...]) -> int | None:
 
 @dataclass(frozen=True)
 class _TraceFile:
-    """One trace file's usable rows: prompt and answer tokens, raw timestamps, prefix blocks."""
+    """One trace file's usable rows: prompt and answer tokens, arrival gaps, prefix blocks."""
 
     path: Path
     prompt: np.ndarray
     answer: np.ndarray
-    stamps: list[Any] | None  # raw timestamp values, None when the trace has no timestamp
+    gaps: np.ndarray | None  # :func:`_unit_gaps_of` its timestamps; None without usable ones
     blocks: list[tuple[int, ...]] | None  # Mooncake-style hash_ids per row, None when absent
 
 
@@ -268,7 +268,8 @@ def _read_trace(path: Path) -> _TraceFile:
     if len(prompt) < MIN_TRACE_ROWS:
         raise ValueError(f"only {len(prompt)} usable rows (at least {MIN_TRACE_ROWS} needed)")
     return _TraceFile(path, np.array(prompt, dtype=np.int64), np.array(answer, dtype=np.int64),
-                      stamps if has_time else None, blocks if has_blocks else None)
+                      _unit_gaps_of(stamps) if has_time else None,
+                      blocks if has_blocks else None)
 
 
 def _unit_gaps_of(stamps: list[Any] | None) -> np.ndarray | None:
@@ -301,7 +302,7 @@ def _unit_gaps_of(stamps: list[Any] | None) -> np.ndarray | None:
 
 
 def _spread_ties(ts: np.ndarray) -> np.ndarray:
-    """Sorted timestamps with each run of equal values spread over the time to the next value.
+    """Sorted timestamps with each run of equal values spread within one tick of the clock.
 
     A trace stamped to the second (Mooncake's) holds several requests per stamp; taken as
     they are they would arrive at once, a burst no service saw. Given k arrivals in an
@@ -433,9 +434,9 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
         notes.append("prefix: no trace with hash_ids, so no prefix sharing; lengths from "
                      + ", ".join(p.name for p in roles["prefix"]))
     for role in ("conv", "code"):
-        if all(_unit_gaps_of(_read(p).stamps) is None for p in roles[role]):
+        if all(_read(p).gaps is None for p in roles[role]):
             donors = [p for r in ("conv", "code", "prefix") for p in roles[r]
-                      if _unit_gaps_of(_read(p).stamps) is not None]
+                      if _read(p).gaps is not None]
             if not donors:
                 raise TracesNotFoundError(
                     f"no trace in {root} ({how}) has usable timestamps, so there are no real "
@@ -466,9 +467,9 @@ def _lengths_and_gaps(paths: tuple[Path, ...], donors: tuple[Path, ...]) -> tupl
     files = [_read(p) for p in paths]
     ctx = np.concatenate([f.prompt for f in files])
     gen = np.concatenate([f.answer for f in files])
-    gaps = [g for g in (_unit_gaps_of(f.stamps) for f in files) if g is not None]
+    gaps = [f.gaps for f in files if f.gaps is not None]
     if not gaps:
-        gaps = [g for g in (_unit_gaps_of(_read(p).stamps) for p in donors) if g is not None][:1]
+        gaps = [g for g in (_read(p).gaps for p in donors) if g is not None][:1]
     return ctx, gen, np.concatenate(gaps)
 
 
