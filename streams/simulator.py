@@ -366,6 +366,8 @@ class TraceRoles:
     code: tuple[Path, ...]  # code service: coding tools' lengths and bursts
     prefix: tuple[Path, ...]  # prompt/answer lengths with prefix sharing (Mooncake hash_ids)
     notes: tuple[str, ...]  # fallbacks taken and files left out, for the summary
+    conv_bursts: tuple[Path, ...]  # whose arrival gaps the conversational part resamples
+    code_bursts: tuple[Path, ...]  # ... and the code part
 
     def describe(self) -> dict[str, Any]:
         return {"conv": [p.name for p in self.conv], "code": [p.name for p in self.code],
@@ -433,17 +435,20 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
         roles["prefix"] = list(roles["conv"])
         notes.append("prefix: no trace with hash_ids, so no prefix sharing; lengths from "
                      + ", ".join(p.name for p in roles["prefix"]))
+    bursts: dict[str, tuple[Path, ...]] = {}
     for role in ("conv", "code"):
-        if all(_read(p).gaps is None for p in roles[role]):
+        bursts[role] = tuple(p for p in roles[role] if _read(p).gaps is not None)
+        if not bursts[role]:
             donors = [p for r in ("conv", "code", "prefix") for p in roles[r]
                       if _read(p).gaps is not None]
             if not donors:
                 raise TracesNotFoundError(
                     f"no trace in {root} ({how}) has usable timestamps, so there are no real "
                     f"arrival bursts to resample. {_traces_hint()}")
+            bursts[role] = (donors[0],)
             notes.append(f"{role}: no timestamps, arrival bursts from {donors[0].name}")
     return TraceRoles(tuple(roles["conv"]), tuple(roles["code"]), tuple(roles["prefix"]),
-                      tuple(notes))
+                      tuple(notes), bursts["conv"], bursts["code"])
 
 
 @dataclass(frozen=True)
@@ -463,22 +468,18 @@ class Traces:
     roles: TraceRoles | None = field(default=None, compare=False)
 
 
-def _lengths_and_gaps(paths: tuple[Path, ...], donors: tuple[Path, ...]) -> tuple[np.ndarray, ...]:
+def _lengths_and_gaps(paths: tuple[Path, ...], bursts: tuple[Path, ...]) -> tuple[np.ndarray, ...]:
     files = [_read(p) for p in paths]
     ctx = np.concatenate([f.prompt for f in files])
     gen = np.concatenate([f.answer for f in files])
-    gaps = [f.gaps for f in files if f.gaps is not None]
-    if not gaps:
-        gaps = [g for g in (_read(p).gaps for p in donors) if g is not None][:1]
-    return ctx, gen, np.concatenate(gaps)
+    return ctx, gen, np.concatenate([_read(p).gaps for p in bursts])
 
 
 @lru_cache(maxsize=4)
 def _load_traces(where: str) -> Traces:
     r = trace_roles(where)
-    donors = r.conv + r.code + r.prefix
-    code_ctx, code_gen, code_gaps = _lengths_and_gaps(r.code, donors)
-    conv_ctx, conv_gen, conv_gaps = _lengths_and_gaps(r.conv, donors)
+    code_ctx, code_gen, code_gaps = _lengths_and_gaps(r.code, r.code_bursts)
+    conv_ctx, conv_gen, conv_gaps = _lengths_and_gaps(r.conv, r.conv_bursts)
     files = [_read(p) for p in r.prefix]
     m_share, m_group = _prefix_sharing(files)
     return Traces(conv_ctx, conv_gen, code_ctx, code_gen, conv_gaps, code_gaps,
