@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cmd = args.command
     if cmd == "simulate":
-        from streams.simulator import simulate
+        from streams.simulator import format_summary, simulate
 
         try:
             summary = simulate(args.hours, args.seed, args.out, args.truth, traces_dir=args.traces,
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"moatwatch simulate: error: {exc}", file=sys.stderr)
             return 2
-        print(f"simulate: {summary}", file=sys.stderr)
+        print(f"simulate: {format_summary(summary)}", file=sys.stderr)
         return 0
     if cmd == "evaluate":
         import orjson

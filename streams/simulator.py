@@ -51,6 +51,7 @@ __all__ = [
     "TOPICS",
     "TRUTH_SCHEMA",
     "TracesNotFoundError",
+    "format_summary",
     "resolve_traces_dir",
     "simulate",
     "trace_roles",
@@ -2042,3 +2043,41 @@ def simulate(hours: float, seed: int, out_path: str, truth_path: str, *,
         "out_path": str(out_path),
         "truth_path": str(truth_path),
     }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """What :func:`simulate` made, as a few lines for a person (the summary dict is for code).
+
+    >>> print(format_summary({
+    ...     "events": 18984, "keys": 6, "attack_keys": 3, "benign_keys": 3, "campaigns": 1,
+    ...     "campaign_keys": 2, "seconds": 1.4, "out_path": "e.jsonl", "truth_path": "t.json",
+    ...     "personas": {"campaign_infra": 2, "chat_app": 1, "drifter": 1, "light_user": 2},
+    ...     "traces": {"dir": "data", "conv": ["a.csv"], "code": ["a.csv"], "prefix": [],
+    ...                "notes": ["code: no code-service trace, using a.csv"]}}))
+    18,984 events from 6 keys in 1.4 s: e.jsonl (truth: t.json)
+      attack keys 3: campaign_infra 2, drifter 1 (1 campaign with 2 keys)
+      benign keys 3: light_user 2, chat_app 1
+      traces data: conv a.csv; code a.csv; code: no code-service trace, using a.csv
+    """
+    personas = summary.get("personas", {})
+
+    def part(names: tuple[str, ...]) -> str:
+        got = sorted(((n, c) for n, c in personas.items() if n in names), key=lambda x: (-x[1], x[0]))
+        return ", ".join(f"{n} {c:,}" for n, c in got) or "none"
+
+    n_camp = int(summary.get("campaigns", 0))
+    camp = (f" ({n_camp} campaign{'s' if n_camp != 1 else ''} with "
+            f"{int(summary.get('campaign_keys', 0)):,} keys)") if n_camp else ""
+    lines = [
+        f"{int(summary['events']):,} events from {int(summary['keys']):,} keys in "
+        f"{float(summary.get('seconds', 0.0)):.1f} s: {summary.get('out_path')} "
+        f"(truth: {summary.get('truth_path')})",
+        f"  attack keys {int(summary['attack_keys']):,}: {part(ATTACK_PERSONAS)}{camp}",
+        f"  benign keys {int(summary['benign_keys']):,}: {part(BENIGN_PERSONAS)}",
+    ]
+    tr = summary.get("traces") or {}
+    if tr:
+        roles = "; ".join(f"{r} {', '.join(tr[r])}" for r in ("conv", "code", "prefix") if tr.get(r))
+        notes = "; ".join(tr.get("notes", []))
+        lines.append(f"  traces {tr.get('dir')}: " + "; ".join(x for x in (roles, notes) if x))
+    return "\n".join(lines)

@@ -25,6 +25,7 @@ from streams.simulator import (
     TOPICS,
     TRUTH_SCHEMA,
     TracesNotFoundError,
+    format_summary,
     resolve_traces_dir,
     simulate,
 )
@@ -125,6 +126,20 @@ def test_summary_matches_files(run: dict) -> None:
     assert s["campaigns"] == len(run["truth"]["campaigns"]) >= 2
     assert run["truth"]["start_ts"] == DEFAULT_START_TS
     assert run["truth"]["end_ts"] == DEFAULT_START_TS + HOURS * 3600
+
+
+def test_summary_reads_as_text_with_every_persona_counted(run: dict) -> None:
+    s = run["summary"]
+    text = format_summary(s)
+    head, attack, benign, traces = text.splitlines()
+    assert head.startswith(f"{s['events']:,} events from {s['keys']:,} keys in ")
+    assert attack.startswith(f"  attack keys {s['attack_keys']:,}: ")
+    assert f"({s['campaigns']} campaigns with {s['campaign_keys']:,} keys)" in attack
+    assert benign.startswith(f"  benign keys {s['benign_keys']:,}: ")
+    for persona, count in s["personas"].items():
+        line = attack if persona in ATTACK_PERSONAS else benign
+        assert re.search(rf"\b{persona} {count:,}\b", line), (persona, line)
+    assert traces.startswith("  traces ") and "conv " in traces
 
 
 def test_every_persona_is_present(run: dict) -> None:
