@@ -9,6 +9,7 @@ with ``infra/kafka/local-kafka stop``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from streams.settings import Settings
+from streams.settings import KAFKA_LOG, Settings
 
 __all__ = ["run_demo"]
 
@@ -35,7 +36,7 @@ def _start_kafka(settings: Settings) -> str:
 def run_demo(settings: Settings, args: Any) -> int:
     from streams.cli import format_alert
     from streams.kafka_io import consume_json, ensure_topics, produce_file
-    from streams.simulator import simulate
+    from streams.simulator import format_summary, simulate
 
     say = lambda msg: print(f"demo: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     say("starting the local Kafka ...")
@@ -57,17 +58,24 @@ def run_demo(settings: Settings, args: Any) -> int:
                MOATWATCH_FEEDBACK_TOPIC=settings.feedback_topic,
                MOATWATCH_PARTITIONS=str(settings.partitions),
                MOATWATCH_DATA_DIR=os.path.join(REPO, ".local", "demo", run))
+    work = tempfile.mkdtemp(prefix="moatwatch-demo-")
+    # the Kafka clients' own chatter (a broker still loading its coordinator, a retry) goes to
+    # a file here, not between the alerts on the terminal
+    client_log = logging.FileHandler(os.path.join(work, "kafka-client.log"))
+    client_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    KAFKA_LOG.addHandler(client_log)
+    KAFKA_LOG.propagate = False
     ensure_topics(settings, {settings.events_topic: settings.partitions,
                              settings.alerts_topic: settings.partitions})
-    work = tempfile.mkdtemp(prefix="moatwatch-demo-")
     events = os.path.join(work, "events.jsonl")
     truth = os.path.join(work, "truth.json")
     say(f"simulating {args.hours:g} h of traffic (seed {args.seed}) into {events} ...")
     summary = simulate(args.hours, args.seed, events, truth, scale=args.scale,
                        start_ts=time.time() - args.hours * 3600)
-    say(f"simulated: {summary}")
+    say(f"simulated {format_summary(summary)}")
     log_path = os.path.join(work, "worker.log")
-    say(f"starting a worker (web on 127.0.0.1:{settings.web_port}, log {log_path}) ...")
+    say(f"starting a worker (web on 127.0.0.1:{settings.web_port}, log {log_path}; "
+        f"Kafka client log {client_log.baseFilename}) ...")
     with open(log_path, "wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)

@@ -8,11 +8,15 @@ raises :class:`SettingsError` naming the variable and what it accepts, before an
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["Settings", "SettingsError", "describe", "load_settings"]
+__all__ = ["KAFKA_LOG", "Settings", "SettingsError", "describe", "load_settings"]
+
+#: Where the confluent-kafka clients' (librdkafka's) log lines go.
+KAFKA_LOG = logging.getLogger("moatwatch.kafka")
 
 
 class SettingsError(ValueError):
@@ -155,8 +159,13 @@ class Settings:
         return out
 
     def confluent_config(self) -> dict[str, Any]:
-        """librdkafka client properties for this cluster (bootstrap + security)."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap}
+        """librdkafka client properties for this cluster (bootstrap + security).
+
+        librdkafka's own log lines (a broker still loading, a retry) go to the Python logger
+        ``moatwatch.kafka`` rather than straight to stderr, so they carry the worker's log
+        format and a command can send them elsewhere (``moatwatch demo`` writes them to its
+        folder)."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "logger": KAFKA_LOG}
         if self.security_protocol != "PLAINTEXT":
             conf["security.protocol"] = self.security_protocol
         if self.security_protocol.startswith("SASL"):
