@@ -30,6 +30,8 @@ shared long prefixes ten or so bits apart, and unrelated prompts ~32 bits apart.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import math
 import os
 import sys
@@ -192,8 +194,23 @@ def _as_count(v: Any) -> int | None:
     return int(x)
 
 
+def _trace_suffix(path: Path) -> str:
+    """``.csv`` or ``.jsonl`` for a trace file, whether or not it is gzip-compressed."""
+    name = path.name.lower()
+    name = name[:-3] if name.endswith(".gz") else name
+    return Path(name).suffix
+
+
+def _open_trace(path: Path, *, text: bool) -> Any:
+    if path.name.lower().endswith(".gz"):
+        raw = gzip.open(path, "rb")
+        return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") if text else raw
+    return path.open(newline="", encoding="utf-8", errors="replace") if text else path.open("rb")
+
+
 def _read_trace(path: Path) -> _TraceFile:
-    """Read a CSV (with a header) or JSON-lines trace; ValueError says why it is not usable.
+    """Read a CSV (with a header) or JSON-lines trace, either gzip-compressed (``.csv.gz``,
+    ``.jsonl.gz``); ValueError says why it is not usable.
 
     Rows without a positive prompt and answer length (failed requests, blanks) are left out.
     """
@@ -201,9 +218,9 @@ def _read_trace(path: Path) -> _TraceFile:
     answer: list[int] = []
     stamps: list[Any] = []
     blocks: list[tuple[int, ...]] = []
-    suffix = path.suffix.lower()
+    suffix = _trace_suffix(path)
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        with _open_trace(path, text=True) as fh:
             rows = csv.reader(fh)
             header = next(rows, None)
             if not header:
@@ -228,7 +245,7 @@ def _read_trace(path: Path) -> _TraceFile:
         has_time, has_blocks = ti is not None, False
     elif suffix == ".jsonl":
         keys: tuple[Any, Any, Any, Any] | None = None
-        with path.open("rb") as fh:
+        with _open_trace(path, text=False) as fh:
             for line in fh:
                 if len(prompt) >= MAX_TRACE_ROWS:
                     break
@@ -265,7 +282,7 @@ def _read_trace(path: Path) -> _TraceFile:
             raise ValueError("no JSON record in it")
         has_time, has_blocks = keys[0] is not None, keys[3] is not None
     else:
-        raise ValueError("not a .csv or .jsonl file")
+        raise ValueError("not a .csv or .jsonl file (or either gzip-compressed)")
     if len(prompt) < MIN_TRACE_ROWS:
         raise ValueError(f"only {len(prompt)} usable rows (at least {MIN_TRACE_ROWS} needed)")
     return _TraceFile(path, np.array(prompt, dtype=np.int64), np.array(answer, dtype=np.int64),
@@ -390,7 +407,7 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
     """Assign the trace files in ``where`` to the simulator's three parts.
 
     The bundled file names (:data:`_CANONICAL`) keep their parts. Any other ``.csv`` (with a
-    header) or ``.jsonl`` file with prompt- and answer-length columns is read: one with
+    header) or ``.jsonl`` file, plain or ``.gz``, with prompt- and answer-length columns is read: one with
     ``hash_ids`` feeds prefix sharing, one with "code" in its name the code service, the rest
     the conversational service (several files of a part are pooled). A part with no file
     borrows one: conversations from the code or prefix traces, code from conversations,
@@ -408,7 +425,7 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
     if len(canonical) < len(_CANONICAL):
         taken = set(canonical.values())
         for path in sorted(p for p in root.iterdir() if p.is_file() and p not in taken):
-            if path.suffix.lower() not in (".csv", ".jsonl"):
+            if _trace_suffix(path) not in (".csv", ".jsonl"):
                 continue
             try:
                 tf = _read(path)
@@ -422,7 +439,7 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
                 continue
             roles[role].append(path)
     if not any(roles.values()):
-        found = ", ".join(problems) if problems else "no .csv or .jsonl file"
+        found = ", ".join(problems) if problems else "no .csv or .jsonl file (plain or .gz)"
         raise TracesNotFoundError(f"no usable real traffic trace in {root} ({how}): {found}. "
                                   f"{_traces_hint()}")
     notes.extend(f"{p} (not used)" for p in problems)

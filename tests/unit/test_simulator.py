@@ -328,6 +328,27 @@ def test_traces_under_other_names_play_the_same_parts(tmp_path: Path) -> None:
         "prefix": ["toolagent_trace.jsonl"], "notes": []}
 
 
+def test_gzip_compressed_traces_read_as_the_plain_ones(tmp_path: Path) -> None:
+    """Public traces often ship compressed: ``.csv.gz`` and ``.jsonl.gz`` play the same parts
+    with the same rows as the plain files."""
+    import gzip
+
+    from streams import simulator as sim
+
+    for src, dst in (("azure_llm_2023_code.csv", "code_trace.csv.gz"),
+                     ("azure_llm_2023_conv.csv", "conv_trace.CSV.gz"),
+                     ("mooncake_conversation_trace.jsonl", "mooncake.jsonl.gz")):
+        (tmp_path / dst).write_bytes(gzip.compress(_bundled(src).read_bytes()))
+    (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"not a trace\n"))
+    ours = sim._load_traces(str(resolve_traces_dir(None).resolve()))
+    theirs = sim._load_traces(str(resolve_traces_dir(tmp_path).resolve()))
+    for name in _TRACE_ARRAYS:
+        assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
+    assert theirs.roles.describe() == {
+        "conv": ["conv_trace.CSV.gz"], "code": ["code_trace.csv.gz"],
+        "prefix": ["mooncake.jsonl.gz"], "notes": []}
+
+
 def test_a_burstgpt_style_trace_drives_every_part(tmp_path: Path) -> None:
     """BurstGPT's layout (seconds since start, "Request tokens", "Response tokens", failed
     requests with 0 response tokens) alone is enough: it stands in for the code service and
