@@ -34,6 +34,7 @@ import gzip
 import io
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -290,11 +291,16 @@ def _read_trace(path: Path) -> _TraceFile:
                       blocks if has_blocks else None)
 
 
+#: A date-time's trailing zone designator: ``Z``, ``+02:00``, ``-0500`` (after a time of day).
+_ZONE = re.compile(r"(?<=\d)(?:Z|[+-]\d{2}:?\d{2})$", re.IGNORECASE)
+
+
 def _unit_gaps_of(stamps: list[Any] | None) -> np.ndarray | None:
     """Inter-arrival gaps normalised to mean 1 (units do not matter), or None if unusable.
 
     Timestamps are numbers (seconds, milliseconds, ...) or date-times such as
-    ``2023-11-16 18:17:03.9799600``.
+    ``2023-11-16 18:17:03.9799600`` or ``2024-05-10T00:00:01Z``. A zone designator (``Z``,
+    ``+00:00``) is dropped: only the gaps matter, and a trace keeps one zone.
     """
     if not stamps:
         return None
@@ -302,7 +308,8 @@ def _unit_gaps_of(stamps: list[Any] | None) -> np.ndarray | None:
         ts = np.array([float(v) for v in stamps], dtype=np.float64)
     except (TypeError, ValueError):
         try:
-            dt = np.array([str(v).replace(" ", "T")[:26] for v in stamps], dtype="datetime64[us]")
+            dt = np.array([_ZONE.sub("", str(v).strip()).replace(" ", "T")[:26] for v in stamps],
+                          dtype="datetime64[us]")
         except ValueError:
             return None
         ts = (dt - dt.min()).astype(np.float64) / 1e6

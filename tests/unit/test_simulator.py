@@ -410,6 +410,26 @@ def test_tied_timestamps_are_spread_not_stacked() -> None:
     assert _spread_ties(untied) is untied
 
 
+@pytest.mark.filterwarnings("error")
+def test_zoned_date_times_give_the_same_gaps_as_plain_ones() -> None:
+    """Traces stamp time as ``2024-05-10T00:00:01Z`` or ``2024-05-10 00:00:01.5+00:00`` too:
+    the zone is dropped (only gaps matter), without numpy's deprecated zone parsing."""
+    import datetime as dt
+
+    from streams.simulator import MIN_TRACE_ROWS, _unit_gaps_of
+
+    start = dt.datetime(2024, 5, 10, 23, 0, 0)
+    secs = np.cumsum(np.random.default_rng(3).exponential(2.0, MIN_TRACE_ROWS + 50))
+    times = [start + dt.timedelta(seconds=float(x)) for x in secs]
+    plain = _unit_gaps_of([t.strftime("%Y-%m-%d %H:%M:%S.%f") for t in times])
+    assert plain is not None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%d %H:%M:%S.%f+00:00", "%Y-%m-%dT%H:%M:%S.%f-0500"):
+        zoned = _unit_gaps_of([t.strftime(fmt) for t in times])
+        assert zoned is not None and np.allclose(zoned, plain), fmt
+    # to the second, with a zone: still read (ties spread within the second)
+    assert _unit_gaps_of([t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in times]) is not None
+
+
 def test_rejects_nonsense_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hours"):
         simulate(0, 1, str(tmp_path / "e.jsonl"), str(tmp_path / "t.json"))
