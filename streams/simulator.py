@@ -100,13 +100,15 @@ _CANONICAL = {
 }
 #: Column (CSV header) or key (JSON lines) names a trace may use, compared lower-case with
 #: everything but letters and digits removed ("Request tokens" = "request_tokens").
-_TIME_NAMES = ("timestamp", "time", "ts", "arrivaltime", "arrivaltimestamp", "datetime")
+_TIME_NAMES = ("timestamp", "time", "ts", "arrivaltime", "arrivaltimestamp", "datetime",
+               "timestampms", "starttime", "requesttime", "created")
 _PROMPT_NAMES = ("contexttokens", "requesttokens", "inputtokens", "inputlength", "prompttokens",
                  "numprompttokens", "inputlen", "prompttokencount", "inputtokencount",
-                 "contextlength", "promptlength")
+                 "contextlength", "promptlength", "numinputtokens", "promptlen", "prefilltokens")
 _ANSWER_NAMES = ("generatedtokens", "responsetokens", "outputtokens", "outputlength",
                  "completiontokens", "numcompletiontokens", "outputlen", "completiontokencount",
-                 "outputtokencount", "responselength", "completionlength")
+                 "outputtokencount", "responselength", "completionlength", "numoutputtokens",
+                 "generatedlength", "decodetokens")
 #: At most this many rows are read from one file (the first ones): a week-long trace would
 #: otherwise take minutes to load, and the simulator only resamples its distributions.
 MAX_TRACE_ROWS = 1_000_000

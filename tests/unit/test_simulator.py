@@ -349,6 +349,29 @@ def test_gzip_compressed_traces_read_as_the_plain_ones(tmp_path: Path) -> None:
         "prefix": ["mooncake.jsonl.gz"], "notes": []}
 
 
+def test_a_vllm_style_jsonl_trace_is_read_by_its_keys(tmp_path: Path) -> None:
+    """Other column spellings (``start_time`` as zoned date-times, ``num_input_tokens``,
+    ``num_output_tokens``) are found by name, in a gzip-compressed JSON-lines file."""
+    import datetime as dt
+    import gzip
+
+    from streams import simulator as sim
+
+    rows = _bundled("azure_llm_2023_conv.csv").read_text().splitlines()[1:]
+    start = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+    recs = []
+    for i, row in enumerate(rows):
+        _, ctx, gen = row.split(",")
+        t = (start + dt.timedelta(seconds=0.3 * i + (i % 7) * 0.01)).isoformat().replace("+00:00", "Z")
+        recs.append(orjson.dumps({"request_id": i, "start_time": t, "num_input_tokens": int(ctx),
+                                  "num_output_tokens": int(gen)}))
+    (tmp_path / "serving_log.jsonl.gz").write_bytes(gzip.compress(b"\n".join(recs)))
+    tf = sim._read_trace(tmp_path / "serving_log.jsonl.gz")
+    ok = [(int(c), int(g)) for c, g in (r.split(",")[1:] for r in rows) if int(c) > 0 and int(g) > 0]
+    assert tf.prompt.tolist() == [c for c, _ in ok] and tf.answer.tolist() == [g for _, g in ok]
+    assert tf.gaps is not None and abs(tf.gaps.mean() - 1.0) < 1e-9
+
+
 def test_a_burstgpt_style_trace_drives_every_part(tmp_path: Path) -> None:
     """BurstGPT's layout (seconds since start, "Request tokens", "Response tokens", failed
     requests with 0 response tokens) alone is enough: it stands in for the code service and
