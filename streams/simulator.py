@@ -438,7 +438,7 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
                 continue
             try:
                 tf = _read(path)
-            except (OSError, ValueError) as exc:
+            except (OSError, EOFError, ValueError) as exc:  # EOFError: a cut-off .gz
                 problems.append(f"{path.name}: {exc}")
                 continue
             role = "prefix" if tf.blocks is not None else (

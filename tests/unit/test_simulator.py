@@ -340,13 +340,19 @@ def test_gzip_compressed_traces_read_as_the_plain_ones(tmp_path: Path) -> None:
                      ("mooncake_conversation_trace.jsonl", "mooncake.jsonl.gz")):
         (tmp_path / dst).write_bytes(gzip.compress(_bundled(src).read_bytes()))
     (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(b"not a trace\n"))
+    whole = gzip.compress(_bundled("azure_llm_2023_conv.csv").read_bytes())
+    (tmp_path / "partial_download.csv.gz").write_bytes(whole[: len(whole) // 2])  # cut off
     ours = sim._load_traces(str(resolve_traces_dir(None).resolve()))
     theirs = sim._load_traces(str(resolve_traces_dir(tmp_path).resolve()))
     for name in _TRACE_ARRAYS:
         assert np.array_equal(getattr(ours, name), getattr(theirs, name)), name
-    assert theirs.roles.describe() == {
+    described = theirs.roles.describe()
+    assert {k: described[k] for k in ("conv", "code", "prefix")} == {
         "conv": ["conv_trace.CSV.gz"], "code": ["code_trace.csv.gz"],
-        "prefix": ["mooncake.jsonl.gz"], "notes": []}
+        "prefix": ["mooncake.jsonl.gz"]}
+    # the cut-off download is named as not used, with why, instead of failing the run
+    assert [n for n in described["notes"] if n.startswith("partial_download.csv.gz: ")]
+    assert all(n.endswith("(not used)") for n in described["notes"])
 
 
 def test_a_vllm_style_jsonl_trace_is_read_by_its_keys(tmp_path: Path) -> None:
