@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     for s in missing:
         generate(sim_dir, s, args.hours)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.json:  # made now, not after an hour of replays
-        Path(os.path.expanduser(args.json)).parent.mkdir(parents=True, exist_ok=True)
+    json_path = Path(os.path.expanduser(args.json)) if args.json else None
+    if json_path is not None:  # its folder made now, not after an hour of replays
+        json_path.parent.mkdir(parents=True, exist_ok=True)
     if args.jobs == 1:
         rows = [run_seed(str(sim_dir), s, str(out_dir)) for s in args.seeds]
     else:
@@ -155,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = list(pool.map(run_seed, [str(sim_dir)] * len(args.seeds), args.seeds,
                                  [str(out_dir)] * len(args.seeds)))
     print(format_rows(rows))
-    if args.json:
-        Path(os.path.expanduser(args.json)).write_bytes(orjson.dumps({"sim_dir": str(sim_dir), "rows": rows},
-                                                 option=orjson.OPT_INDENT_2))
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps({"sim_dir": str(sim_dir), "rows": rows},
+                                           option=orjson.OPT_INDENT_2))
     return 0
 
 
