@@ -116,12 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--file", default=None, metavar="FEEDBACK.jsonl",
                     help="append to this file instead of the feedback topic (for replay)")
 
-    d = add("demo", "start the local Kafka and a worker, send simulated traffic, show alerts live")
+    d = add("demo", "start the local Kafka and a worker, send simulated traffic, show alerts live, score them")
     d.add_argument("--hours", type=_positive_float, default=2.0, help="simulated hours to send")
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--scale", type=_positive_float, default=0.5)
     d.add_argument("--rate", type=_nonneg_float, default=0.0, help="events/s to send (0 = fast)")
-    d.add_argument("--show", type=_positive_int, default=25, help="alerts to show before stopping")
+    d.add_argument("--show", type=_positive_int, default=25, help="alerts to show as they arrive")
+    d.add_argument("--no-score", dest="score", action="store_false",
+                   help="stop after the shown alerts instead of scoring the worker's alerts")
 
     b = add("bench", "measure throughput, latency and memory (see docs/benchmarks.md)")
     b.add_argument("--smoke", action="store_true", help="tiny sizes, for CI; numbers are not meaningful")

@@ -416,8 +416,9 @@ def _fmt_rate(r: float | None) -> str:
     return "-" if r is None else f"{100 * r:.1f}%"
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """The result as a table by persona, then summary, campaigns and targets (plain text)."""
+def format_table(result: dict[str, Any], *, targets: bool = True) -> str:
+    """The result as a table by persona, then summary, campaigns and (with ``targets``) the
+    issues' target checks, as plain text."""
     out = []
     hdr = f"{'persona':<20} {'label':<7} {'keys':>5} {'caught/flagged':>14} {'rate':>7} {'ttd p50':>9} {'ttd p90':>9}"
     out.append(hdr)
@@ -451,6 +452,8 @@ def format_table(result: dict[str, Any]) -> str:
             det = _fmt_s(c["ttd_s"]) if c["detected"] else "never"
             out.append(f"{cid:<22} {str(c['kind']):<9} {c['keys']:>5} {c['named']:>6} "
                        f"{_fmt_rate(c['named_fraction']):>7} {det:>15}")
+    if not targets:
+        return "\n".join(out)
     out.append("")
     for issue in ("issue3", "issue4"):
         block = result["targets"][issue]

@@ -282,3 +282,16 @@ def test_readiness_of_a_real_unstarted_app() -> None:
     app, _ = make_app()
     ok, why = readiness(app)
     assert not ok and why == "consumer not started yet"
+
+
+def test_demo_counts_finished_events_from_the_worker_exposition():
+    from streams.demo import finished_events
+
+    m = Metrics(CollectorRegistry())
+    m.events_processed.inc(7)
+    m.events_invalid.labels(reason="invalid_json").inc(2)
+    m.events_invalid.labels(reason="too_large").inc(1)
+    m.duplicates.inc(3)
+    m.events_consumed.inc(100)  # read, not yet finished: not counted
+    assert finished_events(m.render().decode()) == 13
+    assert finished_events("") == 0
