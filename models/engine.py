@@ -86,6 +86,8 @@ MODEL_VERSION = "key-0.24"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
+#: A reason must exceed the population's value by this (relative above 1) to explain anything.
+_STANDS_OUT = 0.02
 _CAP_IDX = tuple(F.F_TOP0 + F.TOPICS.index(t) for t in ("code", "math", "science", "reasoning"))
 
 
@@ -650,12 +652,21 @@ class DetectionCore:
         return min(max(thr, f[F.F_FP_FLOOR]), 0.99)
 
     def _reasons(self, ks, vec, contrib, det) -> list[tuple[str, float, float, float]]:
+        """The (up to four) largest contributions, each as ``(feature, observed, population,
+        contribution)``. A feature the key shares with the population (a non-streaming share of
+        0.68 where keys average 0.67) explains nothing to a reader, although it adds to the score:
+        it is passed over for the next largest (of the six largest) that stands out, unless none
+        does."""
         pop = self.population
-        order = sorted(range(len(vec)), key=lambda i: (-contrib[i], i))[:4]
+        # the six largest: a reason further down the list would explain little of the score
+        order = sorted(range(len(vec)), key=lambda i: (-contrib[i], i))[:6]
         out = []
+        plain = []
         obs = raw_observations(ks)
         for i in order:
-            if (contrib[i] <= 0.0 and out) or vec[i] != vec[i]:
+            if len(out) == 4:
+                break
+            if (contrib[i] <= 0.0 and (out or plain)) or vec[i] != vec[i]:
                 continue
             name = FEATURES[i]
             o, b = vec[i], pop.means[i]
@@ -663,7 +674,12 @@ class DetectionCore:
                 o, b = obs["events_per_hour"], math.expm1(pop.log_rate)
             elif name == "output_ratio":
                 o, b = obs["completion_prompt_ratio"], math.exp(b * 2.5)
-            out.append((name, o, b, contrib[i]))
+            if o > b + _STANDS_OUT * max(1.0, abs(b)):
+                out.append((name, o, b, contrib[i]))
+            elif len(plain) < 4:
+                plain.append((name, o, b, contrib[i]))
+        if not out:
+            out = plain[:1]
         fab, m = self._fabricated(ks)
         if m > 1.0 and fab >= 0.1:
             out.append(("fabricated_followups", fab, 0.0, 1.0 - 1.0 / m))

@@ -112,6 +112,26 @@ def test_reasons_read_like_on_call_lines(baseline_run):
     assert sum(r["contribution"] for r in a["reasons"]) <= 1.0 + 1e-6
 
 
+def test_a_reason_the_key_shares_with_the_population_gives_way_to_one_that_stands_out(stream):
+    core = DetectionCore()
+    run(core, stream)
+    ks = core.keys["k_harvest"]
+    vec, _, contrib = core._direction(ks)
+    before = core._reasons(ks, vec, contrib, 0)
+    top = F.FEATURES.index(before[0][0])
+    assert top not in (F.FEATURES.index("rate"), F.FEATURES.index("output_ratio"))
+    pop = copy.deepcopy(core.population)
+    core.population.means[top] = vec[top]  # the population now does what this key does
+    try:
+        after = core._reasons(ks, vec, contrib, 0)
+    finally:
+        core.population = pop
+    names = [r[0] for r in after]
+    assert before[0][0] not in names
+    assert names[:3] == [r[0] for r in before[1:4]]  # the others move up, still by contribution
+    assert all(o > b for n, o, b, _ in after if n not in ("fabricated_followups", "drift_score"))
+
+
 # -- determinism and state transfer ------------------------------------------------------------
 
 
