@@ -416,6 +416,10 @@ def _fmt_rate(r: float | None) -> str:
     return "-" if r is None else f"{100 * r:.1f}%"
 
 
+#: Missed attack keys and named benign keys listed by name in the text table.
+_LIST_KEYS = 6
+
+
 def format_table(result: dict[str, Any], *, targets: bool = True) -> str:
     """The result as a table by persona, then summary, campaigns and (with ``targets``) the
     issues' target checks, as plain text."""
@@ -441,6 +445,14 @@ def format_table(result: dict[str, Any], *, targets: bool = True) -> str:
                f"{100 * (s['benign_fpr'] or 0):.2f}%")
     hn = ", ".join(s["hard_negative_flagged_keys"]) or "none"
     out.append(f"hard negatives flagged    {s['hard_negative_flagged']}/{s['hard_negative_keys']} ({hn})")
+    # which keys, so a reader can look at them (bench/trace_key.py --key K)
+    for label, rows in (("missed attack keys", result.get("missed_attack_keys", [])),
+                        ("benign keys named", result.get("flagged_benign_keys", []))):
+        if rows:
+            shown = ", ".join(f"{r['key']} ({r['persona']}{' *' if r.get('hard_negative') else ''})"
+                              for r in rows[:_LIST_KEYS])
+            more = f" and {len(rows) - _LIST_KEYS} more (--json lists all)" if len(rows) > _LIST_KEYS else ""
+            out.append(f"{label:<25} {shown}{more}")
     a = result["alerts"]
     out.append(f"alerts                    {a['firing_alerts']} firing "
                f"({a['per_hour']:.1f}/h), {a['skipped']} unusable line(s) skipped"

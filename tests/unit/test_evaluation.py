@@ -166,6 +166,24 @@ def test_result_is_json_and_table_is_readable(result: dict) -> None:
         assert word in table, word
 
 
+def test_table_names_the_missed_and_the_wrongly_named_keys(result: dict, tmp_path: Path) -> None:
+    table = format_table(result)
+    missed = next(x for x in table.splitlines() if x.startswith("missed attack keys"))
+    assert "c2 (campaign_template)" in missed and "drift (drifter)" in missed
+    named = next(x for x in table.splitlines() if x.startswith("benign keys named"))
+    assert "rag (rag_batch *)" in named and "nat (light_user_cgnat)" in named
+    assert "user (" not in named  # resolved only: not a false positive
+    # a long list is cut, and says how many it left out
+    many = dict(TRUTH, keys={f"k{i}": _key("attack", "mimicry", T0) for i in range(9)})
+    cut = format_table(evaluate(*_write(tmp_path, many, [])))
+    assert "k5 (mimicry) and 3 more (--json lists all)" in cut and "k6 (" not in cut
+    # nothing to list: no line
+    clean = format_table(evaluate(*_write(tmp_path, TRUTH, [
+        _alert(f"x{k}", "api_key", k, info["attack_start"] + 60)
+        for k, info in TRUTH["keys"].items() if info["label"] == "attack"])))
+    assert "missed attack keys" not in clean and "benign keys named" not in clean
+
+
 def test_everything_caught_passes(tmp_path: Path) -> None:
     alerts = [_alert(f"x{k}", "api_key", k, info["attack_start"] + 60)
               for k, info in TRUTH["keys"].items() if info["label"] == "attack"]
