@@ -1,0 +1,109 @@
+"""Give part of a simulation's benign, people-facing keys a temperature that people change.
+
+No simulated benign key sends more than one temperature: products pin one, light users send
+the default. Real ones do not always: a playground's users move its temperature slider, and a
+product can pass its own users' choice on per request. The engine counts a temperature sweep
+as an extraction tell (``temperature_spread``, docs/detection.md), so the bench cannot price
+that tell on the simulator's own traffic. This script rewrites a simulated events file so that
+a share of the benign light users, reseller users, chat apps and reasoning apps send a
+temperature from a slider's usual stops (0, 0.2, 0.5, 0.7, 0.8, 1.0, 1.2), keeping one value
+and moving to a new one with probability ``--change`` per request (1 = a new draw every
+request, as a product passing on many users' settings; 0.1 = a person who now and then moves
+the slider). Attack keys, the other personas and every other field are left as they are.
+
+The copy and its truth (which lists the changed keys under ``temperature_keys``) go to
+``--out`` under the same names, so ``bench/evaluate_seeds.py --sim-dir OUT`` scores it:
+
+    python bench/perturb_temperature.py --events /tmp/sets/fresh-121/seed128.jsonl --out /tmp/temp30 --share 0.3
+    python bench/evaluate_seeds.py --sim-dir /tmp/temp30 --seeds 128
+
+Keys are chosen by a hash of their name and values drawn from ``--seed``: the same input gives
+the same copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import zlib
+from pathlib import Path
+
+import orjson
+
+#: benign personas with people behind the key, who could set a temperature themselves
+PEOPLE_FACING = ("light_user", "light_user_cgnat", "reseller_user", "chat_app", "reasoning_app")
+#: a playground slider's usual stops
+SLIDER = (0.0, 0.2, 0.5, 0.7, 0.8, 1.0, 1.2)
+
+
+def chosen_keys(truth: dict, share: float) -> list[str]:
+    """The benign people-facing keys whose name hashes into the first ``share`` of 1000 slots."""
+    return sorted(k for k, v in truth["keys"].items()
+                  if v.get("label") == "benign" and v.get("persona") in PEOPLE_FACING
+                  and zlib.crc32(k.encode()) % 1000 < share * 1000)
+
+
+def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int = 5) -> dict:
+    """Write the perturbed events and truth to ``out_dir``; return what was changed."""
+    truth_path = events.with_name(events.name.removesuffix(".jsonl") + ".truth.json")
+    truth = orjson.loads(truth_path.read_bytes())
+    keys = set(chosen_keys(truth, share))
+    rng = random.Random(seed)
+    current: dict[str, float] = {}
+    changed = 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(events, "rb") as src, open(out_dir / events.name, "wb") as dst:
+        for line in src:
+            if keys:
+                ev = orjson.loads(line)
+                k = ev.get("api_key")
+                if k in keys:
+                    if k not in current or rng.random() < change:
+                        current[k] = rng.choice(SLIDER)
+                    ev["temperature"] = current[k]
+                    line = orjson.dumps(ev) + b"\n"
+                    changed += 1
+            dst.write(line)
+    truth["temperature_keys"] = sorted(keys)
+    truth["temperature_perturbation"] = {"share": share, "change": change, "seed": seed}
+    (out_dir / truth_path.name).write_bytes(orjson.dumps(truth))
+    return {"keys": len(keys), "events_changed": changed}
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--events", required=True, type=Path, help="a simulated seed{S}.jsonl, its truth beside it")
+    ap.add_argument("--out", required=True, type=Path, help="folder for the copy and its truth")
+    ap.add_argument("--share", type=_fraction, default=0.3,
+                    help="share of the benign people-facing keys that change temperature (default 0.3)")
+    ap.add_argument("--change", type=_fraction, default=1.0,
+                    help="chance per request of moving to a new temperature (default 1: every request)")
+    ap.add_argument("--seed", type=int, default=5, help="seed of the temperature draws")
+    args = ap.parse_args(argv)
+    if not args.events.name.endswith(".jsonl"):
+        ap.error(f"--events {args.events}: expected a seed{{S}}.jsonl file from moatwatch simulate")
+    truth = args.events.with_name(args.events.name.removesuffix(".jsonl") + ".truth.json")
+    for p in (args.events, truth):
+        if not p.exists():
+            ap.error(f"{p} does not exist")
+    if args.out.resolve() == args.events.parent.resolve():
+        ap.error("--out must be another folder: the copy keeps the file names")
+    res = perturb(args.events, args.out, args.share, args.change, args.seed)
+    print(f"{args.events.name}: {res['keys']} keys changed temperature in "
+          f"{res['events_changed']:,} events -> {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

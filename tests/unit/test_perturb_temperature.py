@@ -1,0 +1,70 @@
+"""bench/perturb_temperature.py: benign people-facing keys change temperature, nothing else does."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from streams.simulator import simulate
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sim")
+    simulate(0.5, 3, str(d / "seed3.jsonl"), str(d / "seed3.truth.json"), scale=0.3)
+    return d
+
+
+def _events(path):
+    with open(path, "rb") as fh:
+        return [orjson.loads(line) for line in fh]
+
+
+def test_only_the_chosen_benign_people_facing_keys_change_and_only_their_temperature(sim, tmp_path, bench_script):
+    pt = bench_script("perturb_temperature")
+    res = pt.perturb(sim / "seed3.jsonl", tmp_path, share=0.5, change=1.0)
+    truth = orjson.loads((tmp_path / "seed3.truth.json").read_bytes())
+    keys = set(truth["temperature_keys"])
+    assert res["keys"] == len(keys) > 0
+    for k in keys:
+        info = truth["keys"][k]
+        assert info["label"] == "benign" and info["persona"] in pt.PEOPLE_FACING
+    before, after = _events(sim / "seed3.jsonl"), _events(tmp_path / "seed3.jsonl")
+    assert len(before) == len(after)
+    temps: dict[str, set] = {}
+    n = 0
+    for a, b in zip(before, after, strict=True):
+        if a["api_key"] in keys:
+            n += 1
+            assert b["temperature"] in pt.SLIDER
+            temps.setdefault(a["api_key"], set()).add(b["temperature"])
+            assert {k: v for k, v in a.items() if k != "temperature"} == \
+                {k: v for k, v in b.items() if k != "temperature"}
+        else:
+            assert a == b
+    assert n == res["events_changed"]
+    busy = [k for k in keys if sum(e["api_key"] == k for e in before) >= 10]
+    assert busy and all(len(temps[k]) > 1 for k in busy)  # a new draw every request
+    # the same input gives the same copy; change 0 keeps one value per key
+    again = tmp_path / "again"
+    pt.perturb(sim / "seed3.jsonl", again, share=0.5, change=1.0)
+    assert (again / "seed3.jsonl").read_bytes() == (tmp_path / "seed3.jsonl").read_bytes()
+    still = tmp_path / "still"
+    pt.perturb(sim / "seed3.jsonl", still, share=0.5, change=0.0)
+    one: dict[str, set] = {}
+    for e in _events(still / "seed3.jsonl"):
+        if e["api_key"] in keys:
+            one.setdefault(e["api_key"], set()).add(e["temperature"])
+    assert all(len(v) == 1 for v in one.values())
+
+
+def test_bad_command_lines_say_what_to_fix(sim, tmp_path, bench_script, capsys):
+    pt = bench_script("perturb_temperature")
+    for argv, words in (
+        (["--events", str(sim / "seed3.jsonl"), "--out", str(tmp_path), "--share", "1.5"], "between 0 and 1"),
+        (["--events", str(sim / "nope.jsonl"), "--out", str(tmp_path)], "does not exist"),
+        (["--events", str(sim / "seed3.jsonl"), "--out", str(sim)], "another folder"),
+    ):
+        with pytest.raises(SystemExit):
+            pt.main(argv)
+        assert words in capsys.readouterr().err
