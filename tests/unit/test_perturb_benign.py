@@ -1,4 +1,4 @@
-"""bench/perturb_temperature.py: benign people-facing keys change temperature, nothing else does."""
+"""bench/perturb_benign.py: chosen benign people-facing keys take up a habit, nothing else changes."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def _events(path):
 
 
 def test_only_the_chosen_benign_people_facing_keys_change_and_only_their_temperature(sim, tmp_path, bench_script):
-    pt = bench_script("perturb_temperature")
+    pt = bench_script("perturb_benign")
     res = pt.perturb(sim / "seed3.jsonl", tmp_path, share=0.5, change=1.0)
     truth = orjson.loads((tmp_path / "seed3.truth.json").read_bytes())
-    keys = set(truth["temperature_keys"])
+    keys = set(truth["perturbed_keys"])
     assert res["keys"] == len(keys) > 0
     for k in keys:
         info = truth["keys"][k]
@@ -59,7 +59,7 @@ def test_only_the_chosen_benign_people_facing_keys_change_and_only_their_tempera
 
 
 def test_bad_command_lines_say_what_to_fix(sim, tmp_path, bench_script, capsys):
-    pt = bench_script("perturb_temperature")
+    pt = bench_script("perturb_benign")
     for argv, words in (
         (["--events", str(sim / "seed3.jsonl"), "--out", str(tmp_path), "--share", "1.5"], "between 0 and 1"),
         (["--events", str(sim / "nope.jsonl"), "--out", str(tmp_path)], "does not exist"),
@@ -68,3 +68,24 @@ def test_bad_command_lines_say_what_to_fix(sim, tmp_path, bench_script, capsys):
         with pytest.raises(SystemExit):
             pt.main(argv)
         assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["whole-answers", "logprobs"])
+def test_other_habits_touch_only_their_field(sim, tmp_path, bench_script, mode):
+    pt = bench_script("perturb_benign")
+    pt.perturb(sim / "seed3.jsonl", tmp_path, share=0.5, change=0.5, mode=mode)
+    keys = set(orjson.loads((tmp_path / "seed3.truth.json").read_bytes())["perturbed_keys"])
+    field = {"whole-answers": "stream", "logprobs": "logprobs"}[mode]
+    hit = total = 0
+    for a, b in zip(_events(sim / "seed3.jsonl"), _events(tmp_path / "seed3.jsonl"), strict=True):
+        if a["api_key"] not in keys:
+            assert a == b
+            continue
+        total += 1
+        assert {k: v for k, v in a.items() if k != field} == {k: v for k, v in b.items() if k != field}
+        if mode == "whole-answers":
+            assert b["stream"] is False
+        elif b.get("logprobs") is True:
+            hit += 1
+    if mode == "logprobs":
+        assert 0.35 * total < hit < 0.65 * total  # about --change of the requests

@@ -1,20 +1,26 @@
-"""Give part of a simulation's benign, people-facing keys a temperature that people change.
+"""Give part of a simulation's benign, people-facing keys a habit real ones have and no
+simulated benign key shows, to price the engine's tells against it.
 
-No simulated benign key sends more than one temperature: products pin one, light users send
-the default. Real ones do not always: a playground's users move its temperature slider, and a
-product can pass its own users' choice on per request. The engine counts a temperature sweep
-as an extraction tell (``temperature_spread``, docs/detection.md), so the bench cannot price
-that tell on the simulator's own traffic. This script rewrites a simulated events file so that
-a share of the benign light users, reseller users, chat apps and reasoning apps send a
-temperature from a slider's usual stops (0, 0.2, 0.5, 0.7, 0.8, 1.0, 1.2), keeping one value
-and moving to a new one with probability ``--change`` per request (1 = a new draw every
-request, as a product passing on many users' settings; 0.1 = a person who now and then moves
-the slider). Attack keys, the other personas and every other field are left as they are.
+The engine reads a temperature sweep, sampling options and whole (non-streamed) sampled answers
+as signs of harvesting (docs/detection.md). No simulated benign key sends two temperatures or
+asks for logprobs, and products stream, so the bench cannot measure what those tells cost on
+honest traffic. This script rewrites a simulated events file so that a share (``--share``) of
+the benign light users, reseller users, chat apps and reasoning apps do one of:
 
-The copy and its truth (which lists the changed keys under ``temperature_keys``) go to
-``--out`` under the same names, so ``bench/evaluate_seeds.py --sim-dir OUT`` scores it:
+- ``temperature``: send a temperature from a slider's usual stops (0, 0.2, 0.5, 0.7, 0.8, 1.0,
+  1.2), keeping one value and moving to a new one with probability ``--change`` per request
+  (1 = a new draw every request, as a product passing on many users' settings; 0.1 = a person
+  who now and then moves the slider);
+- ``whole-answers``: never stream (a backend that takes whole answers and shows them itself);
+  ``--change`` is unused;
+- ``logprobs``: ask for logprobs on a share ``--change`` of requests (a product that scores
+  its answers' confidence, or a developer trying the option).
 
-    python bench/perturb_temperature.py --events /tmp/sets/fresh-121/seed128.jsonl --out /tmp/temp30 --share 0.3
+Attack keys, the other personas and every other field are left as they are. The copy and its
+truth (which lists the changed keys under ``perturbed_keys``) go to ``--out`` under the same
+names, so ``bench/evaluate_seeds.py --sim-dir OUT`` scores it:
+
+    python bench/perturb_benign.py --mode temperature --events /tmp/sets/fresh-121/seed128.jsonl --out /tmp/temp30 --share 0.3
     python bench/evaluate_seeds.py --sim-dir /tmp/temp30 --seeds 128
 
 Keys are chosen by a hash of their name and values drawn from ``--seed``: the same input gives
@@ -44,7 +50,26 @@ def chosen_keys(truth: dict, share: float) -> list[str]:
                   and zlib.crc32(k.encode()) % 1000 < share * 1000)
 
 
-def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int = 5) -> dict:
+MODES = ("temperature", "whole-answers", "logprobs")
+
+
+def _apply(mode: str, ev: dict, k: str, change: float, rng: random.Random,
+           current: dict[str, float]) -> None:
+    if mode == "temperature":
+        if k not in current or rng.random() < change:
+            current[k] = rng.choice(SLIDER)
+        ev["temperature"] = current[k]
+    elif mode == "whole-answers":
+        ev["stream"] = False
+    elif mode == "logprobs":
+        if rng.random() < change:
+            ev["logprobs"] = True
+    else:
+        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
+
+
+def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int = 5,
+            mode: str = "temperature") -> dict:
     """Write the perturbed events and truth to ``out_dir``; return what was changed."""
     truth_path = events.with_name(events.name.removesuffix(".jsonl") + ".truth.json")
     truth = orjson.loads(truth_path.read_bytes())
@@ -59,14 +84,12 @@ def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int 
                 ev = orjson.loads(line)
                 k = ev.get("api_key")
                 if k in keys:
-                    if k not in current or rng.random() < change:
-                        current[k] = rng.choice(SLIDER)
-                    ev["temperature"] = current[k]
+                    _apply(mode, ev, k, change, rng, current)
                     line = orjson.dumps(ev) + b"\n"
                     changed += 1
             dst.write(line)
-    truth["temperature_keys"] = sorted(keys)
-    truth["temperature_perturbation"] = {"share": share, "change": change, "seed": seed}
+    truth["perturbed_keys"] = sorted(keys)
+    truth["perturbation"] = {"mode": mode, "share": share, "change": change, "seed": seed}
     (out_dir / truth_path.name).write_bytes(orjson.dumps(truth))
     return {"keys": len(keys), "events_changed": changed}
 
@@ -83,12 +106,14 @@ def _fraction(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--mode", choices=MODES, default="temperature", help="the habit to give them")
     ap.add_argument("--events", required=True, type=Path, help="a simulated seed{S}.jsonl, its truth beside it")
     ap.add_argument("--out", required=True, type=Path, help="folder for the copy and its truth")
     ap.add_argument("--share", type=_fraction, default=0.3,
-                    help="share of the benign people-facing keys that change temperature (default 0.3)")
+                    help="share of the benign people-facing keys changed (default 0.3)")
     ap.add_argument("--change", type=_fraction, default=1.0,
-                    help="chance per request of moving to a new temperature (default 1: every request)")
+                    help="temperature: chance per request of a new value; logprobs: share of "
+                         "requests asking for them (default 1)")
     ap.add_argument("--seed", type=int, default=5, help="seed of the temperature draws")
     args = ap.parse_args(argv)
     if not args.events.name.endswith(".jsonl"):
@@ -99,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{p} does not exist")
     if args.out.resolve() == args.events.parent.resolve():
         ap.error("--out must be another folder: the copy keeps the file names")
-    res = perturb(args.events, args.out, args.share, args.change, args.seed)
-    print(f"{args.events.name}: {res['keys']} keys changed temperature in "
-          f"{res['events_changed']:,} events -> {args.out}", file=sys.stderr)
+    res = perturb(args.events, args.out, args.share, args.change, args.seed, args.mode)
+    print(f"{args.events.name}: {res['keys']} keys ({args.mode}); their "
+          f"{res['events_changed']:,} events rewritten -> {args.out}", file=sys.stderr)
     return 0
 
 
