@@ -2,9 +2,10 @@
 simulated benign key shows, to price the engine's tells against it.
 
 The engine reads a temperature sweep, sampling options and whole (non-streamed) sampled answers
-as signs of harvesting (docs/detection.md). No simulated benign key sends two temperatures or
-asks for logprobs, and products stream, so the bench cannot measure what those tells cost on
-honest traffic. This script rewrites a simulated events file so that a share (``--share``) of
+as signs of harvesting (docs/detection.md). No simulated benign key sends two temperatures, the
+people-facing ones ask for logprobs or n > 1 on under 1% of their requests, and the products
+among them (chat and reasoning apps) stream, so the bench cannot measure what those tells cost
+on such traffic. This script rewrites a simulated events file so that a share (``--share``) of
 the benign light users, reseller users, chat apps and reasoning apps do one of:
 
 - ``temperature``: send a temperature from a slider's usual stops (0, 0.2, 0.5, 0.7, 0.8, 1.0,
