@@ -661,7 +661,7 @@ class DetectionCore:
         # the six largest: a reason further down the list would explain little of the score
         order = sorted(range(len(vec)), key=lambda i: (-contrib[i], i))[:6]
         out = []
-        plain = []
+        plain = None  # the largest that does not stand out, listed only if none does
         obs = raw_observations(ks)
         for i in order:
             if len(out) == 4:
@@ -676,10 +676,10 @@ class DetectionCore:
                 o, b = obs["completion_prompt_ratio"], math.exp(b * 2.5)
             if o > b + _STANDS_OUT * max(1.0, abs(b)):
                 out.append((name, o, b, contrib[i]))
-            elif len(plain) < 4:
-                plain.append((name, o, b, contrib[i]))
-        if not out:
-            out = plain[:1]
+            elif plain is None:
+                plain = (name, o, b, contrib[i])
+        if not out and plain is not None:
+            out.append(plain)
         fab, m = self._fabricated(ks)
         if m > 1.0 and fab >= 0.1:
             out.append(("fabricated_followups", fab, 0.0, 1.0 - 1.0 / m))

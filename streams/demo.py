@@ -146,14 +146,10 @@ _FINISHED = ("moatwatch_events_processed_total", "moatwatch_events_invalid_total
 
 def finished_events(exposition: str) -> int:
     """Sum of the finished-event counters (every label set) in a Prometheus text exposition."""
-    total = 0.0
-    for line in exposition.splitlines():
-        if line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in _FINISHED:
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return int(sum(s.value for fam in text_string_to_metric_families(exposition)
+                   for s in fam.samples if s.name in _FINISHED))
 
 
 def _scorecard(settings: Settings, say: Any, sent: int, truth: str, work: str,
