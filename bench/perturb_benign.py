@@ -38,10 +38,11 @@ from pathlib import Path
 
 import orjson
 
-#: benign personas with people behind the key, who could set a temperature themselves
+#: benign personas with people (or a product passing on people's settings) behind the key
 PEOPLE_FACING = ("light_user", "light_user_cgnat", "reseller_user", "chat_app", "reasoning_app")
 #: a playground slider's usual stops
 SLIDER = (0.0, 0.2, 0.5, 0.7, 0.8, 1.0, 1.2)
+MODES = ("temperature", "whole-answers", "logprobs")
 
 
 def chosen_keys(truth: dict, share: float) -> list[str]:
@@ -49,9 +50,6 @@ def chosen_keys(truth: dict, share: float) -> list[str]:
     return sorted(k for k, v in truth["keys"].items()
                   if v.get("label") == "benign" and v.get("persona") in PEOPLE_FACING
                   and zlib.crc32(k.encode()) % 1000 < share * 1000)
-
-
-MODES = ("temperature", "whole-answers", "logprobs")
 
 
 def _apply(mode: str, ev: dict, k: str, change: float, rng: random.Random,
@@ -62,16 +60,15 @@ def _apply(mode: str, ev: dict, k: str, change: float, rng: random.Random,
         ev["temperature"] = current[k]
     elif mode == "whole-answers":
         ev["stream"] = False
-    elif mode == "logprobs":
-        if rng.random() < change:
-            ev["logprobs"] = True
-    else:
-        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
+    elif rng.random() < change:  # logprobs
+        ev["logprobs"] = True
 
 
 def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int = 5,
             mode: str = "temperature") -> dict:
     """Write the perturbed events and truth to ``out_dir``; return what was changed."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
     truth_path = events.with_name(events.name.removesuffix(".jsonl") + ".truth.json")
     truth = orjson.loads(truth_path.read_bytes())
     keys = set(chosen_keys(truth, share))

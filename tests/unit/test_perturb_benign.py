@@ -89,3 +89,10 @@ def test_other_habits_touch_only_their_field(sim, tmp_path, bench_script, mode):
             hit += 1
     if mode == "logprobs":
         assert 0.35 * total < hit < 0.65 * total  # about --change of the requests
+
+
+def test_an_unknown_mode_is_refused_before_anything_is_written(sim, tmp_path, bench_script):
+    pt = bench_script("perturb_benign")
+    with pytest.raises(ValueError, match="unknown mode 'sleepy'"):
+        pt.perturb(sim / "seed3.jsonl", tmp_path / "out", share=0.5, change=0.5, mode="sleepy")
+    assert not (tmp_path / "out").exists()
