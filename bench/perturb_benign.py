@@ -52,6 +52,11 @@ def chosen_keys(truth: dict, share: float) -> list[str]:
                   and zlib.crc32(k.encode()) % 1000 < share * 1000)
 
 
+def truth_of(events: Path) -> Path:
+    """The truth file ``moatwatch simulate`` writes beside ``seed{S}.jsonl``."""
+    return events.with_name(events.name.removesuffix(".jsonl") + ".truth.json")
+
+
 def _apply(mode: str, ev: dict, k: str, change: float, rng: random.Random,
            current: dict[str, float]) -> None:
     if mode == "temperature":
@@ -69,7 +74,7 @@ def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int 
     """Write the perturbed events and truth to ``out_dir``; return what was changed."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
-    truth_path = events.with_name(events.name.removesuffix(".jsonl") + ".truth.json")
+    truth_path = truth_of(events)
     truth = orjson.loads(truth_path.read_bytes())
     keys = set(chosen_keys(truth, share))
     rng = random.Random(seed)
@@ -116,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.events.name.endswith(".jsonl"):
         ap.error(f"--events {args.events}: expected a seed{{S}}.jsonl file from moatwatch simulate")
-    truth = args.events.with_name(args.events.name.removesuffix(".jsonl") + ".truth.json")
-    for p in (args.events, truth):
+    for p in (args.events, truth_of(args.events)):
         if not p.exists():
             ap.error(f"{p} does not exist")
     if args.out.resolve() == args.events.parent.resolve():
