@@ -395,10 +395,12 @@ class TraceRoles:
     notes: tuple[str, ...]  # fallbacks taken and files left out, for the summary
     conv_bursts: tuple[Path, ...]  # whose arrival gaps the conversational part resamples
     code_bursts: tuple[Path, ...]  # ... and the code part
+    borrowed: tuple[str, ...] = ()  # parts with no file of their own (a note names the donor)
 
     def describe(self) -> dict[str, Any]:
         return {"conv": [p.name for p in self.conv], "code": [p.name for p in self.code],
-                "prefix": [p.name for p in self.prefix], "notes": list(self.notes)}
+                "prefix": [p.name for p in self.prefix], "notes": list(self.notes),
+                "borrowed": list(self.borrowed)}
 
 
 @lru_cache(maxsize=8)
@@ -452,6 +454,7 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
         raise TracesNotFoundError(f"no usable real traffic trace in {root} ({how}): {found}. "
                                   f"{_traces_hint()}")
     notes.extend(f"{p} (not used)" for p in problems)
+    borrowed = tuple(r for r in ("conv", "code", "prefix") if not roles[r])
     if not roles["conv"]:
         roles["conv"] = list(roles["code"] or roles["prefix"])
         notes.append("conv: no conversational trace, using " + ", ".join(p.name for p in roles["conv"]))
@@ -475,7 +478,7 @@ def trace_roles(where: str, how: str = "--traces") -> TraceRoles:
             bursts[role] = (donors[0],)
             notes.append(f"{role}: no timestamps, arrival bursts from {donors[0].name}")
     return TraceRoles(tuple(roles["conv"]), tuple(roles["code"]), tuple(roles["prefix"]),
-                      tuple(notes), bursts["conv"], bursts["code"])
+                      tuple(notes), bursts["conv"], bursts["code"], borrowed)
 
 
 @dataclass(frozen=True)
@@ -2079,11 +2082,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     ...     "campaign_keys": 2, "seconds": 1.4, "out_path": "e.jsonl", "truth_path": "t.json",
     ...     "personas": {"campaign_infra": 2, "chat_app": 1, "drifter": 1, "light_user": 2},
     ...     "traces": {"dir": "data", "conv": ["a.csv"], "code": ["a.csv"], "prefix": [],
-    ...                "notes": ["code: no code-service trace, using a.csv"]}}))
+    ...                "notes": ["code: no code-service trace, using a.csv"], "borrowed": ["code"]}}))
     18,984 events from 6 keys in 1.4 s: e.jsonl (truth: t.json)
       attack keys 3: campaign_infra 2, drifter 1 (1 campaign with 2 keys)
       benign keys 3: light_user 2, chat_app 1
-      traces data: conv a.csv; code a.csv; code: no code-service trace, using a.csv
+      traces data: conv a.csv; code: no code-service trace, using a.csv
     """
     personas = summary.get("personas", {})
 
@@ -2103,7 +2106,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     tr = summary.get("traces") or {}
     if tr:
-        roles = "; ".join(f"{r} {', '.join(tr[r])}" for r in ("conv", "code", "prefix") if tr.get(r))
+        # a borrowed part's files are named by its note
+        roles = "; ".join(f"{r} {', '.join(tr[r])}" for r in ("conv", "code", "prefix")
+                          if tr.get(r) and r not in tr.get("borrowed", ()))
         notes = "; ".join(tr.get("notes", []))
         lines.append(f"  traces {tr.get('dir')}: " + "; ".join(x for x in (roles, notes) if x))
     return "\n".join(lines)

@@ -325,7 +325,7 @@ def test_traces_under_other_names_play_the_same_parts(tmp_path: Path) -> None:
     assert theirs.roles.describe() == {
         "conv": ["AzureLLMInferenceTrace_conv_1week.csv"],
         "code": ["AzureLLMInferenceTrace_code_1week.csv"],
-        "prefix": ["toolagent_trace.jsonl"], "notes": []}
+        "prefix": ["toolagent_trace.jsonl"], "notes": [], "borrowed": []}
 
 
 def test_gzip_compressed_traces_read_as_the_plain_ones(tmp_path: Path) -> None:
@@ -406,6 +406,10 @@ def test_a_burstgpt_style_trace_drives_every_part(tmp_path: Path) -> None:
     assert summary["events"] > 0
     notes = " ".join(summary["traces"]["notes"])
     assert "no code-service trace" in notes and "no prefix sharing" in notes
+    assert summary["traces"]["borrowed"] == ["code", "prefix"]
+    # the line a person reads names the one file once per part: as conv, then in each note
+    line = format_summary(summary).splitlines()[-1]
+    assert line.count("BurstGPT_1.csv") == 3 and "code BurstGPT_1.csv" not in line, line
     for line in (tmp_path / "e.jsonl").read_bytes().splitlines()[:200]:
         validate_event(orjson.loads(line))  # raises on an invalid event
 
