@@ -32,12 +32,13 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -211,81 +212,93 @@ def _open_trace(path: Path, *, text: bool) -> Any:
     return path.open(newline="", encoding="utf-8", errors="replace") if text else path.open("rb")
 
 
+#: One trace row as the readers give it: (timestamp or None, prompt length, answer length,
+#: Mooncake hash_ids or None), the lengths not yet checked.
+_Row = tuple[Any, Any, Any, Any]
+
+
+def _csv_rows(fh: Any) -> tuple[bool, bool, Iterator[_Row]]:
+    """A CSV trace's rows, its columns found by header name: (has time, has blocks, rows)."""
+    rows = csv.reader(fh)
+    header = next(rows, None)
+    if not header:
+        raise ValueError("empty file")
+    ti, pi, ai = (_find(header, _TIME_NAMES), _find(header, _PROMPT_NAMES),
+                  _find(header, _ANSWER_NAMES))
+    if pi is None or ai is None:
+        raise ValueError(f"no {'prompt' if pi is None else 'answer'}-length column in "
+                         f"its header {header[:8]}")
+    width = max(pi, ai, -1 if ti is None else ti)
+    return ti is not None, False, ((None if ti is None else r[ti], r[pi], r[ai], None)
+                                   for r in rows if len(r) > width)
+
+
+def _json_records(fh: Any) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; blank, unreadable and non-object lines skipped."""
+    for line in fh:
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            yield rec
+
+
+def _jsonl_rows(fh: Any) -> tuple[bool, bool, Iterator[_Row]]:
+    """A JSON-lines trace's rows, its keys found by name in the first record."""
+    recs = _json_records(fh)
+    first = next(recs, None)
+    if first is None:
+        raise ValueError("no JSON record in it")
+    names = list(first)
+    ti, pi, ai = (_find(names, _TIME_NAMES), _find(names, _PROMPT_NAMES),
+                  _find(names, _ANSWER_NAMES))
+    if pi is None or ai is None:
+        raise ValueError(f"no {'prompt' if pi is None else 'answer'}-length key "
+                         f"in its first record {names[:8]}")
+    hi = _find(names, ("hashids",))
+    tk, pk, ak = (None if ti is None else names[ti]), names[pi], names[ai]
+    hk = None if hi is None else names[hi]
+
+    def rows() -> Iterator[_Row]:
+        for rec in itertools.chain((first,), recs):
+            b = None if hk is None else rec.get(hk)
+            yield (None if tk is None else rec.get(tk), rec.get(pk), rec.get(ak),
+                   tuple(b) if isinstance(b, list) else ())
+
+    return tk is not None, hk is not None, rows()
+
+
 def _read_trace(path: Path) -> _TraceFile:
     """Read a CSV (with a header) or JSON-lines trace, either gzip-compressed (``.csv.gz``,
     ``.jsonl.gz``); ValueError says why it is not usable.
 
     Rows without a positive prompt and answer length (failed requests, blanks) are left out.
     """
+    suffix = _trace_suffix(path)
+    if suffix not in (".csv", ".jsonl"):
+        raise ValueError("not a .csv or .jsonl file (or either gzip-compressed)")
     prompt: list[int] = []
     answer: list[int] = []
     stamps: list[Any] = []
     blocks: list[tuple[int, ...]] = []
-    suffix = _trace_suffix(path)
-    if suffix == ".csv":
-        with _open_trace(path, text=True) as fh:
-            rows = csv.reader(fh)
-            header = next(rows, None)
-            if not header:
-                raise ValueError("empty file")
-            ti, pi, ai = (_find(header, _TIME_NAMES), _find(header, _PROMPT_NAMES),
-                          _find(header, _ANSWER_NAMES))
-            if pi is None or ai is None:
-                raise ValueError(f"no {'prompt' if pi is None else 'answer'}-length column in "
-                                 f"its header {header[:8]}")
-            for r in rows:
-                if len(prompt) >= MAX_TRACE_ROWS:
-                    break
-                if len(r) <= max(pi, ai, -1 if ti is None else ti):
-                    continue
-                p, a = _as_count(r[pi]), _as_count(r[ai])
-                if p is None or a is None:
-                    continue
-                prompt.append(p)
-                answer.append(a)
-                if ti is not None:
-                    stamps.append(r[ti])
-        has_time, has_blocks = ti is not None, False
-    elif suffix == ".jsonl":
-        keys: tuple[Any, Any, Any, Any] | None = None
-        with _open_trace(path, text=False) as fh:
-            for line in fh:
-                if len(prompt) >= MAX_TRACE_ROWS:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(rec, dict):
-                    continue
-                if keys is None:
-                    names = list(rec)
-                    ti, pi, ai = (_find(names, _TIME_NAMES), _find(names, _PROMPT_NAMES),
-                                  _find(names, _ANSWER_NAMES))
-                    if pi is None or ai is None:
-                        raise ValueError(f"no {'prompt' if pi is None else 'answer'}-length key "
-                                         f"in its first record {names[:8]}")
-                    hi = _find(names, ("hashids",))
-                    keys = (None if ti is None else names[ti], names[pi], names[ai],
-                            None if hi is None else names[hi])
-                tk, pk, ak, hk = keys
-                p, a = _as_count(rec.get(pk)), _as_count(rec.get(ak))
-                if p is None or a is None:
-                    continue
-                prompt.append(p)
-                answer.append(a)
-                if tk is not None:
-                    stamps.append(rec.get(tk))
-                if hk is not None:
-                    b = rec.get(hk)
-                    blocks.append(tuple(b) if isinstance(b, list) else ())
-        if keys is None:
-            raise ValueError("no JSON record in it")
-        has_time, has_blocks = keys[0] is not None, keys[3] is not None
-    else:
-        raise ValueError("not a .csv or .jsonl file (or either gzip-compressed)")
+    text = suffix == ".csv"
+    with _open_trace(path, text=text) as fh:
+        has_time, has_blocks, rows = (_csv_rows if text else _jsonl_rows)(fh)
+        for stamp, p_raw, a_raw, b in rows:
+            if len(prompt) >= MAX_TRACE_ROWS:
+                break
+            p, a = _as_count(p_raw), _as_count(a_raw)
+            if p is None or a is None:
+                continue
+            prompt.append(p)
+            answer.append(a)
+            if has_time:
+                stamps.append(stamp)
+            if has_blocks:
+                blocks.append(b)
     if len(prompt) < MIN_TRACE_ROWS:
         raise ValueError(f"only {len(prompt)} usable rows (at least {MIN_TRACE_ROWS} needed)")
     return _TraceFile(path, np.array(prompt, dtype=np.int64), np.array(answer, dtype=np.int64),
