@@ -9,6 +9,7 @@ worker at the end (the broker keeps running; stop it with ``infra/kafka/local-ka
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -18,13 +19,14 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from streams.settings import KAFKA_LOG, Settings
 
-__all__ = ["finished_events", "run_demo"]
+__all__ = ["client_log_to", "finished_events", "run_demo"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +37,23 @@ def _start_kafka(settings: Settings) -> str:
     if out.returncode != 0:
         raise RuntimeError(f"local Kafka did not start:\n{out.stderr.strip()}")
     return out.stdout.strip().splitlines()[0]
+
+
+@contextlib.contextmanager
+def client_log_to(path: str) -> Iterator[logging.FileHandler]:
+    """Send the Kafka clients' log (``moatwatch.kafka``) to the file ``path`` only, for the block;
+    the logger's handlers and propagation are as they were afterwards."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    propagate = KAFKA_LOG.propagate
+    KAFKA_LOG.addHandler(handler)
+    KAFKA_LOG.propagate = False
+    try:
+        yield handler
+    finally:
+        KAFKA_LOG.removeHandler(handler)
+        KAFKA_LOG.propagate = propagate
+        handler.close()
 
 
 def run_demo(settings: Settings, args: Any) -> int:
@@ -65,67 +84,64 @@ def run_demo(settings: Settings, args: Any) -> int:
     work = tempfile.mkdtemp(prefix="moatwatch-demo-")
     # the Kafka clients' own chatter (a broker still loading its coordinator, a retry) goes to
     # a file here, not between the alerts on the terminal
-    client_log = logging.FileHandler(os.path.join(work, "kafka-client.log"))
-    client_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    KAFKA_LOG.addHandler(client_log)
-    KAFKA_LOG.propagate = False
-    ensure_topics(settings, {settings.events_topic: settings.partitions,
-                             settings.alerts_topic: settings.partitions})
-    events = os.path.join(work, "events.jsonl")
-    truth = os.path.join(work, "truth.json")
-    say(f"simulating {args.hours:g} h of traffic (seed {args.seed}) into {events} ...")
-    summary = simulate(args.hours, args.seed, events, truth, scale=args.scale,
-                       start_ts=time.time() - args.hours * 3600)
-    say(f"simulated {format_summary(summary)}")
-    log_path = os.path.join(work, "worker.log")
-    say(f"starting a worker (web on 127.0.0.1:{settings.web_port}, log {log_path}; "
-        f"Kafka client log {client_log.baseFilename}) ...")
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    shown = 0
-    scored: str | None = None
-    done = threading.Event()
+    with client_log_to(os.path.join(work, "kafka-client.log")) as client_log:
+        ensure_topics(settings, {settings.events_topic: settings.partitions,
+                                 settings.alerts_topic: settings.partitions})
+        events = os.path.join(work, "events.jsonl")
+        truth = os.path.join(work, "truth.json")
+        say(f"simulating {args.hours:g} h of traffic (seed {args.seed}) into {events} ...")
+        summary = simulate(args.hours, args.seed, events, truth, scale=args.scale,
+                           start_ts=time.time() - args.hours * 3600)
+        say(f"simulated {format_summary(summary)}")
+        log_path = os.path.join(work, "worker.log")
+        say(f"starting a worker (web on 127.0.0.1:{settings.web_port}, log {log_path}; "
+            f"Kafka client log {client_log.baseFilename}) ...")
+        with open(log_path, "wb") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        shown = 0
+        scored: str | None = None
+        done = threading.Event()
 
-    def show() -> None:
-        nonlocal shown
-        for alert in consume_json(settings, settings.alerts_topic, from_beginning=True,
-                                  timeout=120.0):
-            print(format_alert(alert), flush=True)
-            shown += 1
-            if shown >= args.show:
-                break
-        done.set()
+        def show() -> None:
+            nonlocal shown
+            for alert in consume_json(settings, settings.alerts_topic, from_beginning=True,
+                                      timeout=120.0):
+                print(format_alert(alert), flush=True)
+                shown += 1
+                if shown >= args.show:
+                    break
+            done.set()
 
-    reader = threading.Thread(target=show, daemon=True)
-    reader.start()
-    try:
-        say(f"sending events to {settings.events_topic} ...")
-        res = produce_file(settings, events, rate=args.rate)
-        say(f"sent {res['events']:,} events at {res['events_per_s']:,.0f}/s; alerts as they arrive:")
-        deadline = time.monotonic() + 300
-        while not done.wait(timeout=1.0) and time.monotonic() < deadline:
-            if worker.poll() is not None:
-                with open(log_path, "rb") as fh:
-                    tail = fh.read()[-3000:].decode("utf-8", "replace")
-                say(f"the worker exited with status {worker.returncode}; its log ends:\n{tail}")
-                return 1
-        if worker.poll() is None and args.score:
-            scored = _scorecard(settings, say, res["events"], truth, work)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        worker.terminate()
+        reader = threading.Thread(target=show, daemon=True)
+        reader.start()
         try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    say(f"{shown} alerts shown.")
-    if scored is None:
-        say("Evaluate the whole run offline with:\n"
-            f"  moatwatch replay {events} --out {work}/alerts.jsonl --partitions {settings.partitions}\n"
-            f"  moatwatch evaluate --truth {truth} --alerts {work}/alerts.jsonl")
-    return 0 if shown else 1
+            say(f"sending events to {settings.events_topic} ...")
+            res = produce_file(settings, events, rate=args.rate)
+            say(f"sent {res['events']:,} events at {res['events_per_s']:,.0f}/s; alerts as they arrive:")
+            deadline = time.monotonic() + 300
+            while not done.wait(timeout=1.0) and time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    with open(log_path, "rb") as fh:
+                        tail = fh.read()[-3000:].decode("utf-8", "replace")
+                    say(f"the worker exited with status {worker.returncode}; its log ends:\n{tail}")
+                    return 1
+            if worker.poll() is None and args.score:
+                scored = _scorecard(settings, say, res["events"], truth, work)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        say(f"{shown} alerts shown.")
+        if scored is None:
+            say("Evaluate the whole run offline with:\n"
+                f"  moatwatch replay {events} --out {work}/alerts.jsonl --partitions {settings.partitions}\n"
+                f"  moatwatch evaluate --truth {truth} --alerts {work}/alerts.jsonl")
+        return 0 if shown else 1
 
 
 def _processed(settings: Settings) -> int | None:

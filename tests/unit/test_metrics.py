@@ -295,3 +295,20 @@ def test_demo_counts_finished_events_from_the_worker_exposition():
     m.events_consumed.inc(100)  # read, not yet finished: not counted
     assert finished_events(m.render().decode()) == 13
     assert finished_events("") == 0
+
+
+def test_the_demo_sends_kafka_client_logs_to_its_file_and_restores_the_logger_after(tmp_path):
+    from streams.demo import client_log_to
+    from streams.settings import KAFKA_LOG
+
+    before = (list(KAFKA_LOG.handlers), KAFKA_LOG.propagate)
+    path = tmp_path / "kafka-client.log"
+    for run in range(2):  # run twice in one process: no handler left behind to stack
+        with client_log_to(str(path)):
+            assert not KAFKA_LOG.propagate
+            KAFKA_LOG.warning("coordinator loading, run %d", run)
+        assert (list(KAFKA_LOG.handlers), KAFKA_LOG.propagate) == before
+    KAFKA_LOG.warning("after the demo")  # goes where it went before, not to the file
+    lines = path.read_text().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == ["coordinator loading, run 0",
+                                                          "coordinator loading, run 1"]
