@@ -8,8 +8,16 @@ attack keys missed and the benign keys named, and a closing line with how many s
 issue. ``--generate`` simulates the missing seeds first (12 h by default). Seeds are replayed
 in parallel worker processes (``--jobs``).
 
+``--perturb MODE`` scores the same seeds with part of their benign people-facing keys given a
+habit the simulator's benign personas lack (``bench/perturb_benign.py``: changing temperatures,
+whole answers, occasional logprobs; ``--perturb-share``, ``--perturb-change``). Each seed's copy
+is written under ``OUT_DIR/perturbed``, replayed and deleted (its truth, listing the changed
+keys, is kept), and the rows count how many of the changed keys were named. So one tell can be
+priced on both benches, unchanged and perturbed, from the same seed files.
+
     python bench/evaluate_seeds.py --sim-dir ~/mwsim --seeds 1 2 3
     python bench/evaluate_seeds.py --sim-dir /tmp/fresh --seeds 101 102 103 --generate --json out.json
+    python bench/evaluate_seeds.py --sim-dir ~/mwsim --seeds 1 2 3 --perturb temperature --perturb-share 0.1
 
 ``bench/tune_detector.py`` (per-key core only) and ``bench/tune_campaign.py`` (cached per-key
 pass, campaign settings) are the tuning loops; this script measures the product as shipped.
@@ -30,8 +38,11 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):  # the package root, and perturb_benign beside this script
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from perturb_benign import MODES, fraction  # noqa: E402
 
 
 def _events_path(sim_dir: Path, seed: int) -> Path | None:
@@ -50,8 +61,12 @@ def generate(sim_dir: Path, seed: int, hours: float) -> None:
     simulate(hours, seed, str(sim_dir / f"seed{seed}.jsonl"), str(sim_dir / f"seed{seed}.truth.json"))
 
 
-def run_seed(sim_dir: str, seed: int, out_dir: str) -> dict[str, Any]:
-    """Replay one seed and evaluate it; returns a compact row (runs in a worker process)."""
+def run_seed(sim_dir: str, seed: int, out_dir: str,
+             perturb: tuple[str, float, float] | None = None) -> dict[str, Any]:
+    """Replay one seed and evaluate it; returns a compact row (runs in a worker process).
+
+    With ``perturb`` (mode, share, change) the seed is first copied with that habit given to
+    part of its benign keys (``bench/perturb_benign.py``) and the copy is what is replayed."""
     from streams.evaluation import evaluate
     from streams.replay import replay
 
@@ -59,11 +74,25 @@ def run_seed(sim_dir: str, seed: int, out_dir: str) -> dict[str, Any]:
     events = _events_path(sd, seed)
     if events is None:
         raise FileNotFoundError(f"no seed{seed}.jsonl[.gz] in {sim_dir}")
+    if perturb is not None:
+        from perturb_benign import perturb as perturb_copy
+
+        mode, share, change = perturb
+        sd = od / "perturbed"
+        perturb_copy(events, sd, share, change, mode=mode)
+        events = sd / events.name
     alerts = od / f"seed{seed}.alerts.jsonl"
     t0 = time.perf_counter()
-    summary = replay(str(events), str(alerts), dlq_path=str(od / f"seed{seed}.dlq.jsonl"), progress=False)
+    try:
+        summary = replay(str(events), str(alerts), dlq_path=str(od / f"seed{seed}.dlq.jsonl"),
+                         progress=False)
+    finally:
+        if perturb is not None:
+            events.unlink()  # the copy is as large as the seed; its truth stays
     elapsed = time.perf_counter() - t0
-    res = evaluate(str(sd / f"seed{seed}.truth.json"), str(alerts))
+    truth = sd / f"seed{seed}.truth.json"
+    res = evaluate(str(truth), str(alerts))
+    changed = set(orjson.loads(truth.read_bytes()).get("perturbed_keys", ()))
     t = res["targets"]
     c3, c4 = t["issue3"]["checks"], t["issue4"]["checks"]
     s = res["summary"]
@@ -87,6 +116,8 @@ def run_seed(sim_dir: str, seed: int, out_dir: str) -> dict[str, Any]:
         "missed_campaign_keys": sum(1 for k in res["missed_attack_keys"]
                                     if k["persona"].startswith("campaign")),
         "flagged_benign": sorted(k["persona"] for k in res["flagged_benign_keys"]),
+        "perturbed_keys": len(changed),
+        "perturbed_named": sum(1 for k in res["flagged_benign_keys"] if k["key"] in changed),
     }
 
 
@@ -118,6 +149,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(statistics.median(ttds) if ttds else None, 1 / 60)} min; single-key attacks missed: "
             f"{sum(len(r['missed']) for r in rows)}; benign keys named: {sum(len(r['flagged_benign']) for r in rows)}"
         )
+        changed = sum(r.get("perturbed_keys", 0) for r in rows)
+        if changed:
+            out.append(f"benign keys given a habit (perturbed): {changed:,}, of them named: "
+                       f"{sum(r.get('perturbed_named', 0) for r in rows):,}")
     return "\n".join(out)
 
 
@@ -132,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                     help="seeds replayed at once (default: min(2, cores))")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    ap.add_argument("--perturb", choices=MODES, metavar="MODE",
+                    help=f"give part of the benign people-facing keys a habit first: {', '.join(MODES)} "
+                         "(bench/perturb_benign.py)")
+    ap.add_argument("--perturb-share", type=fraction, default=0.3,
+                    help="with --perturb: share of those keys changed (default 0.3)")
+    ap.add_argument("--perturb-change", type=fraction, default=1.0,
+                    help="with --perturb: temperature: chance per request of a new value; logprobs: "
+                         "share of requests asking for them (default 1)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -145,16 +188,24 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no events/truth for seed(s) {missing} in {sim_dir}: add --generate to simulate them")
     for s in missing:
         generate(sim_dir, s, args.hours)
+    perturb = None
+    if args.perturb:
+        gz = [s for s in args.seeds if _events_path(sim_dir, s).name.endswith(".gz")]
+        if gz:
+            ap.error(f"--perturb reads plain seed{{S}}.jsonl files; seed(s) {gz} are gzip-compressed "
+                     f"in {sim_dir}: gunzip them first")
+        perturb = (args.perturb, args.perturb_share, args.perturb_change)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = Path(os.path.expanduser(args.json)) if args.json else None
     if json_path is not None:  # its folder made now, not after an hour of replays
         json_path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(args.seeds)
     if args.jobs == 1:
-        rows = [run_seed(str(sim_dir), s, str(out_dir)) for s in args.seeds]
+        rows = [run_seed(str(sim_dir), s, str(out_dir), perturb) for s in args.seeds]
     else:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            rows = list(pool.map(run_seed, [str(sim_dir)] * len(args.seeds), args.seeds,
-                                 [str(out_dir)] * len(args.seeds)))
+            rows = list(pool.map(run_seed, [str(sim_dir)] * n, args.seeds, [str(out_dir)] * n,
+                                 [perturb] * n))
     print(format_rows(rows))
     if json_path is not None:
         json_path.write_bytes(orjson.dumps({"sim_dir": str(sim_dir), "rows": rows},

@@ -97,7 +97,8 @@ def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int 
     return {"keys": len(keys), "events_changed": changed}
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
+    """A command-line number in [0, 1], or an argparse error that says what is wrong."""
     try:
         v = float(text)
     except ValueError:
@@ -112,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=MODES, default="temperature", help="the habit to give them")
     ap.add_argument("--events", required=True, type=Path, help="a simulated seed{S}.jsonl, its truth beside it")
     ap.add_argument("--out", required=True, type=Path, help="folder for the copy and its truth")
-    ap.add_argument("--share", type=_fraction, default=0.3,
+    ap.add_argument("--share", type=fraction, default=0.3,
                     help="share of the benign people-facing keys changed (default 0.3)")
-    ap.add_argument("--change", type=_fraction, default=1.0,
+    ap.add_argument("--change", type=fraction, default=1.0,
                     help="temperature: chance per request of a new value; logprobs: share of "
                          "requests asking for them (default 1)")
     ap.add_argument("--seed", type=int, default=5, help="seed of the temperature draws")

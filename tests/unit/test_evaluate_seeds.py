@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 from streams.evaluation import evaluate
+from streams.simulator import simulate
 
 
 def test_generates_replays_and_reports_the_cli_verdicts(tmp_path, capsys, bench_script):
@@ -34,3 +35,34 @@ def test_missing_seed_says_how_to_get_it(tmp_path, capsys, bench_script):
         es.main(["--sim-dir", str(tmp_path), "--seeds", "7"])
     assert exc.value.code == 2
     assert "--generate" in capsys.readouterr().err
+
+
+def test_perturb_scores_a_copy_with_the_habit_and_counts_the_changed_keys_named(tmp_path, capsys, bench_script):
+    es = bench_script("evaluate_seeds")
+    sim, out, js = tmp_path / "sim", tmp_path / "out", tmp_path / "rows.json"
+    simulate(1.0, 5, str(sim / "seed5.jsonl"), str(sim / "seed5.truth.json"), scale=0.3)
+    original = (sim / "seed5.jsonl").read_bytes()
+    assert es.main(["--sim-dir", str(sim), "--out-dir", str(out), "--seeds", "5", "--jobs", "1",
+                    "--perturb", "whole-answers", "--perturb-share", "0.5", "--json", str(js)]) == 0
+    r = orjson.loads(js.read_bytes())["rows"][0]
+    truth = orjson.loads((out / "perturbed" / "seed5.truth.json").read_bytes())
+    changed = set(truth["perturbed_keys"])
+    assert truth["perturbation"]["mode"] == "whole-answers" and r["perturbed_keys"] == len(changed) > 0
+    # scored against the copy's truth: the count is of the changed keys the alerts name
+    res = evaluate(str(out / "perturbed" / "seed5.truth.json"), str(out / "seed5.alerts.jsonl"))
+    assert r["perturbed_named"] == sum(1 for k in res["flagged_benign_keys"] if k["key"] in changed)
+    assert r["benign_fpr"] == res["summary"]["benign_fpr"]
+    # the replayed copy was deleted; the seed itself is untouched
+    assert not (out / "perturbed" / "seed5.jsonl").exists()
+    assert (sim / "seed5.jsonl").read_bytes() == original
+    assert f"benign keys given a habit (perturbed): {len(changed):,}" in capsys.readouterr().out
+
+
+def test_perturb_refuses_an_unknown_habit_and_a_share_out_of_range(tmp_path, capsys, bench_script):
+    es = bench_script("evaluate_seeds")
+    for bad, says in ((["--perturb", "slider"], "invalid choice"),
+                      (["--perturb", "logprobs", "--perturb-share", "1.5"], "between 0 and 1")):
+        with pytest.raises(SystemExit) as exc:
+            es.main(["--sim-dir", str(tmp_path), "--seeds", "7", *bad])
+        assert exc.value.code == 2
+        assert says in capsys.readouterr().err
