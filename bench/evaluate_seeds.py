@@ -194,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         if gz:
             ap.error(f"--perturb reads plain seed{{S}}.jsonl files; seed(s) {gz} are gzip-compressed "
                      f"in {sim_dir}: gunzip them first")
+        if (out_dir / "perturbed").resolve() == sim_dir.resolve():
+            ap.error("--perturb writes its copies to OUT_DIR/perturbed, which is --sim-dir here: "
+                     "choose another --out-dir so the seeds are not overwritten")
         perturb = (args.perturb, args.perturb_share, args.perturb_change)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = Path(os.path.expanduser(args.json)) if args.json else None

@@ -66,3 +66,12 @@ def test_perturb_refuses_an_unknown_habit_and_a_share_out_of_range(tmp_path, cap
             es.main(["--sim-dir", str(tmp_path), "--seeds", "7", *bad])
         assert exc.value.code == 2
         assert says in capsys.readouterr().err
+    # copies must not land on the seeds they are made from
+    seeds = tmp_path / "x" / "perturbed"
+    simulate(0.2, 7, str(seeds / "seed7.jsonl"), str(seeds / "seed7.truth.json"), scale=0.1)
+    before = (seeds / "seed7.jsonl").read_bytes()
+    with pytest.raises(SystemExit):
+        es.main(["--sim-dir", str(seeds), "--out-dir", str(tmp_path / "x"), "--seeds", "7",
+                 "--perturb", "logprobs"])
+    assert "choose another --out-dir" in capsys.readouterr().err
+    assert (seeds / "seed7.jsonl").read_bytes() == before
