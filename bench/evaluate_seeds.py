@@ -43,6 +43,7 @@ for _p in (ROOT, ROOT / "bench"):  # the package root, and perturb_benign beside
         sys.path.insert(0, str(_p))
 
 from perturb_benign import MODES, fraction  # noqa: E402
+from perturb_benign import perturb as perturb_copy  # noqa: E402
 
 
 def _events_path(sim_dir: Path, seed: int) -> Path | None:
@@ -75,8 +76,6 @@ def run_seed(sim_dir: str, seed: int, out_dir: str,
     if events is None:
         raise FileNotFoundError(f"no seed{seed}.jsonl[.gz] in {sim_dir}")
     if perturb is not None:
-        from perturb_benign import perturb as perturb_copy
-
         mode, share, change = perturb
         sd = od / "perturbed"
         perturb_copy(events, sd, share, change, mode=mode)
