@@ -29,14 +29,14 @@ from models.keymodel import KeyState
 
 __all__ = ["KEY_FORMAT_VERSION", "decode_key", "encode_key"]
 
-KEY_FORMAT_VERSION = 6
+KEY_FORMAT_VERSION = 7
 _MAGIC = b"MWK"
 # seq, events, last_min, mask, since_eval, ring_pos, bloom_n, bloom_gen, ep_seq, ep_sev,
 # ep_det, ep_events, evals
 _INTS = struct.Struct("<qqqQIBHBIBBII")
 _BODY_LEN = _INTS.size + 8 * F.NF + 64 + 256
 #: doubles per version this build reads; missing trailing doubles start at 0.0
-_NF_OF = {3: 61, 4: 70, 5: 76, KEY_FORMAT_VERSION: F.NF}
+_NF_OF = {3: 61, 4: 70, 5: 76, 6: 78, KEY_FORMAT_VERSION: F.NF}
 
 
 def encode_key(ks: KeyState) -> bytes:
@@ -132,6 +132,11 @@ def decode_key(blob: bytes) -> KeyState:
         # Written before key-0.19: no level the key stood at before a change, so none of its
         # scores is a change until Page-Hinkley sets one (0.0 would make every score a rise).
         f[F.F_CHANGE_REF] = 1.0
+    if nf <= F.F_FU_SW:
+        # Written before key-0.25: the two conversation slots hold 1 + crc32 of the id alone;
+        # shift it over the topic bits (no topics known) so the slots still match their turns.
+        f[F.F_CONV0_H] *= 64.0
+        f[F.F_CONV1_H] *= 64.0
     off += 8 * nf
     ring = array("Q")
     ring.frombytes(body[off : off + 64])

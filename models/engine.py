@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.24"
+MODEL_VERSION = "key-0.25"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -158,6 +158,12 @@ class DetectorConfig:
         pseudo-follow-ups) has its direction score multiplied by
         ``1 + fabricated_weight * share``. Content stays necessary: a key that asks nothing a
         harvester asks gains nothing from it. 0 = off.
+    fabricated_switch_floor
+        Follow-ups on a new subject (a topic neither of the conversation's last two turns had)
+        count as fabricated only beyond this share of the key's follow-ups, rescaled
+        (key-0.25): people change the subject now and then, a script that files unrelated
+        questions under old conversation ids does it as often as its questions change. 1.0 =
+        off (key-0.24).
     population_weight
         How much the HalfSpaceTrees outlier score modulates the direction score:
         ``score = s_dir * (1 + 2 * population_weight * (hst - 0.5))``.
@@ -267,6 +273,7 @@ class DetectorConfig:
     template_z: float = 1.0
     fabricated_weight: float = 1.0
     fabricated_prior: float = 3.0
+    fabricated_switch_floor: float = 0.3
     population_weight: float = 0.25
     population_support: float = 0.15
     population_harvest: float = 0.1
@@ -345,6 +352,8 @@ class DetectorConfig:
              f"fabricated_weight must be in [0, 5], got {self.fabricated_weight}")
         need(0.0 < self.fabricated_prior <= 100.0,
              f"fabricated_prior must be in (0, 100], got {self.fabricated_prior}")
+        need(0.0 <= self.fabricated_switch_floor <= 1.0,
+             f"fabricated_switch_floor must be in [0, 1], got {self.fabricated_switch_floor}")
         need(0.0 <= self.population_weight <= 1.0,
              f"population_weight must be in [0, 1], got {self.population_weight}")
         need(0.0 <= self.population_support <= 1.0,
@@ -627,7 +636,7 @@ class DetectionCore:
     def _fabricated(self, ks: KeyState) -> tuple[float, float]:
         """The key's fake follow-up share and the factor it multiplies the direction score by."""
         cfg = self.config
-        fab = F.fabricated_share(ks, cfg.fabricated_prior)
+        fab = F.fabricated_share(ks, cfg.fabricated_prior, cfg.fabricated_switch_floor)
         return fab, 1.0 + cfg.fabricated_weight * fab
 
     def _benign_base(self, ks: KeyState) -> bool:

@@ -103,10 +103,13 @@ F_RFAST = 60  # EW mean of log(completion/prompt) over the short horizon (answer
 F_HCP = 61
 F_CCP = 64
 F_SCP = 67
-# Fabricated follow-ups (key-0.14): the key's last two conversations as (1 + crc32 of the
-# conversation id, context size = prompt + one answer's tokens of its latest request), and the
-# decayed count of follow-up turns matched to one of them, of which "cold" (the prompt does not
-# carry half the conversation so far: a fake follow-up on a fresh prompt).
+# Fabricated follow-ups (key-0.14): the key's last two conversations as (64 x (1 + crc32 of the
+# conversation id) + 8 x its latest turn's topic + the topic of the turn before, topics as
+# 1 + index in TOPICS and 0 unknown (key-0.25); context size = prompt + one answer's tokens of
+# its latest request), and the decayed count of follow-up turns matched to one of them, of which
+# "cold" (the prompt does not carry half the conversation so far: a fake follow-up on a fresh
+# prompt) and, at F_FU_SW, "switched" (on a topic neither of the conversation's last two turns
+# had: a fresh question filed under an old conversation id).
 F_CONV0_H = 70
 F_CONV0_N = 71
 F_CONV1_H = 72
@@ -119,7 +122,8 @@ F_FU_COLD = 75
 # evaluations since whose score is at least drift_min_rise above it and at least change_floor.
 F_CHANGE = 76
 F_CHANGE_REF = 77
-NF = 78
+F_FU_SW = 78  # matched follow-ups on a new subject (key-0.25; see F_CONV0_H above)
+NF = 79
 _CAP_TOPIC_SET = frozenset(("code", "math", "science", "reasoning"))
 _LONG_ANSWER = math.log(2.5)  # completion at least 2.5x the prompt
 
@@ -316,7 +320,9 @@ def apply_event(
 
     v = ev.get("turn")
     conv = ev.get("conversation_id")
-    if conv is not None and _cold_followup(f, conv, v, ev["prompt_tokens"], answer, d):
+    topic = ev.get("topic")
+    tcode = _TOPIC_INDEX.get(topic, -1) + 1 if topic is not None else 0
+    if conv is not None and _cold_followup(f, conv, v, ev["prompt_tokens"], answer, d, tcode):
         # A follow-up that does not carry its conversation is a one-shot request dressed as a
         # conversation turn: it counts as single-turn.
         v = 1
@@ -407,7 +413,7 @@ def _share(f, w_i: int, s_i: int) -> float:
 _COLD_CONTEXT = 0.5  # a follow-up whose prompt is under half its conversation so far is cold
 
 
-def _cold_followup(f, conv: str, turn, pt: int, answer: float, d: float) -> bool:
+def _cold_followup(f, conv: str, turn, pt: int, answer: float, d: float, tcode: int = 0) -> bool:
     """Track the key's last two conversations; True for a *cold* follow-up.
 
     Chat APIs are stateless: turn N of a conversation sends the turns before it, so its
@@ -419,26 +425,46 @@ def _cold_followup(f, conv: str, turn, pt: int, answer: float, d: float) -> bool
     sent lately is left out (unknown), and so is the first request of a conversation.
     ``answer`` is the request's one answer (``apply_event``'s per-sample completion, 0 when
     it was not answered).
+
+    A matched follow-up whose topic (``tcode``: 1 + its index in TOPICS, 0 unknown) is neither
+    of its conversation's last two known topics is counted as *switched* (key-0.25): people
+    stay on a subject for a conversation and change it now and then, a script that files a
+    fresh question under an old conversation id (whose prompt may even resend that history)
+    changes it as often as its questions do. Two topics, not one, so that one stray label (a
+    classifier calling one turn of a coding session "math") is one switch, not two. A switched
+    turn is not counted as single-turn: only the fabricated share (``fabricated_share``) reads it.
     """
     h = float(zlib.crc32(conv.encode("utf-8", "surrogatepass")) + 1)
-    if h == f[F_CONV0_H]:
-        prev = f[F_CONV0_N]
+    h0, t0 = divmod(f[F_CONV0_H], 64.0)
+    h1, t1 = divmod(f[F_CONV1_H], 64.0)
+    if h == h0:
+        prev, topics = f[F_CONV0_N], t0
     else:  # the other slot or a new conversation: slot 0 moves to slot 1 (most recent first)
-        prev = f[F_CONV1_N] if h == f[F_CONV1_H] else -1.0
+        prev, topics = (f[F_CONV1_N], t1) if h == h1 else (-1.0, 0.0)
         f[F_CONV1_H], f[F_CONV1_N] = f[F_CONV0_H], f[F_CONV0_N]
-    f[F_CONV0_H] = h
+    last, before = divmod(topics, 8.0)  # the conversation's last two known topics (0 = none)
+    f[F_CONV0_H] = h * 64.0 + (tcode * 8.0 + last if tcode else topics)
     f[F_CONV0_N] = pt + answer
     if turn is None or turn <= 1 or prev <= 0.0:
         return False
     cold = pt < _COLD_CONTEXT * prev
+    switched = tcode > 0 and last > 0 and tcode != last and tcode != before
     f[F_FU_W] = f[F_FU_W] * d + 1.0
     f[F_FU_COLD] = f[F_FU_COLD] * d + (1.0 if cold else 0.0)
+    f[F_FU_SW] = f[F_FU_SW] * d + (1.0 if switched else 0.0)
     return cold
 
 
-def fabricated_share(ks, prior: float = 3.0) -> float:
-    """Share of the key's matched follow-up turns that were cold (fake), shrunk toward 0 by
+def fabricated_share(ks, prior: float = 3.0, switch_floor: float = 0.3) -> float:
+    """Share of the key's matched follow-up turns that look fabricated, shrunk toward 0 by
     ``prior`` pseudo-follow-ups: a few cold turns are weak evidence, many are strong.
+
+    The larger of two readings: the shrunk share of *cold* follow-ups (no history: no person's
+    client sends those), and the shrunk share of *switched* ones (a new subject) beyond
+    ``switch_floor``, rescaled to [0, 1]: ``max(0, s - floor) / (1 - floor)``. People do change
+    the subject within a conversation, so only a key that does it on more than ``switch_floor``
+    of its follow-ups, as a script filing unrelated questions under old conversation ids does,
+    shows it. ``switch_floor`` 1.0 leaves switches out (key-0.24 and before).
 
     Examples
     --------
@@ -453,7 +479,12 @@ def fabricated_share(ks, prior: float = 3.0) -> float:
     """
     f = ks.f
     w = f[F_FU_W]
-    return f[F_FU_COLD] / (w + prior) if w > 0.0 else 0.0
+    if w <= 0.0:
+        return 0.0
+    cold = f[F_FU_COLD] / (w + prior)
+    if switch_floor >= 1.0:
+        return cold
+    return max(cold, max(0.0, f[F_FU_SW] / (w + prior) - switch_floor) / (1.0 - switch_floor))
 
 
 def events_per_hour(ks) -> float:

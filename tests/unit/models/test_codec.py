@@ -157,10 +157,12 @@ def test_v3_blob_keeps_the_keys_history_and_starts_its_change_points_at_zero():
     assert Fm.F_HCP == 61 and Fm.F_SCP + 3 == 70  # the change points are what v4 appended
 
 
-@pytest.mark.parametrize("version, nf", [(3, 61), (4, 70), (5, 76)])
+@pytest.mark.parametrize("version, nf", [(3, 61), (4, 70), (5, 76), (6, 78)])
 def test_older_blobs_start_the_conversation_state_empty(version, nf):
     """A v3/v4 blob (key-0.4 to key-0.13) decodes with no conversation seen and no follow-ups:
-    the key keeps its history and its fabricated share starts at 0."""
+    the key keeps its history and its fabricated share starts at 0. A v5/v6 blob's two
+    conversation slots (1 + crc32 of the id) move over the topic bits key-0.25 added (x 64, no
+    topic known), so the key's next turn still matches its conversation."""
     import zlib
 
     from models import features as Fm
@@ -174,10 +176,16 @@ def test_older_blobs_start_the_conversation_state_empty(version, nf):
     body = zlib.decompress(encode_key(ks)[5:])
     old = body[: _INTS.size + 8 * nf] + body[_INTS.size + 8 * Fm.NF :]
     back = decode_key(b"MWK" + bytes((version, 0)) + old)
-    assert list(back.f[:nf]) == list(ks.f[:nf])
+    slots = (Fm.F_CONV0_H, Fm.F_CONV1_H)
+    assert [v for i, v in enumerate(back.f[:nf]) if i not in slots] == [
+        v for i, v in enumerate(ks.f[:nf]) if i not in slots]
+    if nf > Fm.F_CONV0_H:
+        assert [back.f[i] for i in slots] == [64.0 * ks.f[i] for i in slots]
+        assert back.f[Fm.F_FU_SW] == 0.0
     if nf < Fm.F_CONV0_H:
         assert list(back.f[Fm.F_CONV0_H : Fm.F_CHANGE]) == [0.0] * (Fm.F_CHANGE - Fm.F_CONV0_H)
         assert Fm.fabricated_share(back) == 0.0 and Fm.fabricated_share(ks) > 0.0
     # v5 and older (before key-0.19) have no level the key stood at before a change: 1.0, so
     # no score counts as a rise above it until Page-Hinkley sets one (0.0 would make all do)
-    assert back.f[Fm.F_CHANGE] == 0.0 and back.f[Fm.F_CHANGE_REF] == 1.0
+    if nf <= Fm.F_CHANGE_REF:
+        assert back.f[Fm.F_CHANGE] == 0.0 and back.f[Fm.F_CHANGE_REF] == 1.0

@@ -963,7 +963,7 @@ def _conversations(key, fresh_followups, n=48, **kw):
         ctx = prompt + answer  # what the next real follow-up resends
         out.append({"event_id": f"{key}-{i}", "ts": T0 + 45.0 * i, "api_key": key, "status": 200,
                     "prompt_tokens": prompt, "completion_tokens": answer, "turn": turn,
-                    "conversation_id": f"{key}-c{i // 3}", "topic": ("code", "math")[i % 2],
+                    "conversation_id": f"{key}-c{i // 3}", "topic": ("code", "math")[i // 3 % 2],
                     "cot_request": i % 4 == 0, "temperature": 0.7, "stream": True, **kw})
     return out
 
@@ -993,6 +993,40 @@ def test_fake_followups_are_counted_real_ones_and_unknown_conversations_are_not(
         if e["turn"] == 3:
             e["prompt_tokens"] = int(e["prompt_tokens"] * 0.7)
     assert fabricated_share(run(trimmed)) == 0.0
+
+
+def test_followups_on_a_new_subject_count_as_fabricated_beyond_what_people_do():
+    """key-0.25: a follow-up that resends its history but asks about a topic neither of its
+    conversation's last two turns had is *switched*; beyond fabricated_switch_floor of a key's
+    follow-ups, switches read as fabricated. A person who changes the subject now and then, or a
+    classifier that mislabels one turn, stays under it."""
+    from models.features import FEATURES, apply_event, direction_features, fabricated_share
+    from models.keymodel import KeyState
+
+    def run(events):
+        ks = KeyState()
+        for e in events:
+            apply_event(ks, e, 1 / 32, 0, 20, 96)
+        return ks
+
+    cycle = ("code", "math", "science", "reasoning")
+    # real follow-ups (history resent), each on another capability topic: a scripted sweep
+    sweep = run([dict(e, topic=cycle[i % 4]) for i, e in enumerate(_conversations("w", False))])
+    # the same conversations, the subject changed once in four conversations at turn 3
+    people = run([dict(e, topic="math" if e["turn"] == 3 and i % 12 == 2 else "code")
+                  for i, e in enumerate(_conversations("p", False))])
+    # a coding session whose classifier calls every third turn "math": one stray label each
+    stray = run([dict(e, topic="math" if i % 6 == 4 else "code")
+                 for i, e in enumerate(_conversations("s", False))])
+    assert fabricated_share(sweep) > 0.5
+    assert fabricated_share(people) == 0.0 and fabricated_share(stray) == 0.0
+    assert fabricated_share(sweep, switch_floor=1.0) == 0.0  # key-0.24: history resent is real
+    # a switched turn is still a conversation turn: only the fabricated share reads it
+    st = FEATURES.index("single_turn_share")
+    assert direction_features(sweep, 0.0)[st] == direction_features(people, 0.0)[st]
+    # turns without a topic are never switched
+    bare = run([{k: v for k, v in e.items() if k != "topic"} for e in _conversations("b", False)])
+    assert fabricated_share(bare) == 0.0
 
 
 def test_fake_followups_raise_the_score_and_are_named_but_content_stays_necessary():
@@ -1026,6 +1060,8 @@ def test_fabricated_config_is_validated():
         DetectorConfig(fabricated_weight=-1.0)
     with pytest.raises(ValueError, match="fabricated_prior"):
         DetectorConfig(fabricated_prior=0.0)
+    with pytest.raises(ValueError, match="fabricated_switch_floor"):
+        DetectorConfig(fabricated_switch_floor=1.5)
 
 
 class _ScriptedCore(DetectionCore):
