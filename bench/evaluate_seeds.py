@@ -10,10 +10,11 @@ in parallel worker processes (``--jobs``).
 
 ``--perturb MODE`` scores the same seeds with part of their benign people-facing keys given a
 habit the simulator's benign personas lack (``bench/perturb_benign.py``: changing temperatures,
-whole answers, occasional logprobs; ``--perturb-share``, ``--perturb-change``). Each seed's copy
-is written under ``OUT_DIR/perturbed``, replayed and deleted (its truth, listing the changed
-keys, is kept), and the rows count how many of the changed keys were named. So one tell can be
-priced on both benches, unchanged and perturbed, from the same seed files.
+whole answers, occasional logprobs, conversations that change the subject; ``--perturb-share``,
+``--perturb-change``). Each seed's copy is written under ``OUT_DIR/perturbed``, replayed and
+deleted (its truth, listing the changed keys, is kept), and the rows count how many of the
+changed keys were named. So one tell can be priced on both benches, unchanged and perturbed,
+from the same seed files.
 
     python bench/evaluate_seeds.py --sim-dir ~/mwsim --seeds 1 2 3
     python bench/evaluate_seeds.py --sim-dir /tmp/fresh --seeds 101 102 103 --generate --json out.json
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --perturb: share of those keys changed (default 0.3)")
     ap.add_argument("--perturb-change", type=fraction, default=1.0,
                     help="with --perturb: temperature: chance per request of a new value; logprobs: "
-                         "share of requests asking for them (default 1)")
+                         "share of requests asking for them; subject-changes: chance per follow-up "
+                         "turn of a new subject (default 1)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")

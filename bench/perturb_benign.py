@@ -15,7 +15,13 @@ the benign light users, reseller users, chat apps and reasoning apps do one of:
 - ``whole-answers``: never stream (a backend that takes whole answers and shows them itself);
   ``--change`` is unused;
 - ``logprobs``: ask for logprobs on a share ``--change`` of requests (a product that scores
-  its answers' confidence, or a developer trying the option).
+  its answers' confidence, or a developer trying the option);
+- ``subject-changes``: on a follow-up turn (``turn`` > 1 of a conversation), with probability
+  ``--change``, move the conversation to a new topic (drawn from the other six), which its
+  later turns keep (people who change the subject mid-conversation more often than the
+  simulated ones: the engine reads follow-ups on a new subject as fabricated beyond 0.3 of a
+  key's follow-ups, key-0.25). Requests without a ``topic`` or a ``conversation_id`` are left
+  as they are.
 
 Attack keys, the other personas and every other field are left as they are. The copy and its
 truth (which lists the changed keys under ``perturbed_keys``) go to ``--out`` under the same
@@ -42,7 +48,9 @@ import orjson
 PEOPLE_FACING = ("light_user", "light_user_cgnat", "reseller_user", "chat_app", "reasoning_app")
 #: a playground slider's usual stops
 SLIDER = (0.0, 0.2, 0.5, 0.7, 0.8, 1.0, 1.2)
-MODES = ("temperature", "whole-answers", "logprobs")
+MODES = ("temperature", "whole-answers", "logprobs", "subject-changes")
+#: the topics a QueryEvent can carry (schemas/query_event.v1.json)
+TOPICS = ("chat", "writing", "code", "math", "science", "reasoning", "other")
 
 
 def chosen_keys(truth: dict, share: float) -> list[str]:
@@ -58,13 +66,26 @@ def truth_of(events: Path) -> Path:
 
 
 def _apply(mode: str, ev: dict, k: str, change: float, rng: random.Random,
-           current: dict[str, float]) -> None:
+           current: dict[str, float], subjects: dict[tuple[str, str], str]) -> None:
     if mode == "temperature":
         if k not in current or rng.random() < change:
             current[k] = rng.choice(SLIDER)
         ev["temperature"] = current[k]
     elif mode == "whole-answers":
         ev["stream"] = False
+    elif mode == "subject-changes":
+        conv, topic = ev.get("conversation_id"), ev.get("topic")
+        if conv is None or topic is None:
+            return
+        held = subjects.get((k, conv))
+        if held is not None:
+            topic = held
+        turn = ev.get("turn")
+        if isinstance(turn, int) and turn > 1 and rng.random() < change:
+            topic = rng.choice([t for t in TOPICS if t != topic])
+        if held is not None or topic != ev["topic"]:
+            subjects[(k, conv)] = topic
+        ev["topic"] = topic
     elif rng.random() < change:  # logprobs
         ev["logprobs"] = True
 
@@ -79,6 +100,7 @@ def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int 
     keys = set(chosen_keys(truth, share))
     rng = random.Random(seed)
     current: dict[str, float] = {}
+    subjects: dict[tuple[str, str], str] = {}  # (key, conversation) -> the subject it moved to
     changed = 0
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(events, "rb") as src, open(out_dir / events.name, "wb") as dst:
@@ -87,7 +109,7 @@ def perturb(events: Path, out_dir: Path, share: float, change: float, seed: int 
                 ev = orjson.loads(line)
                 k = ev.get("api_key")
                 if k in keys:
-                    _apply(mode, ev, k, change, rng, current)
+                    _apply(mode, ev, k, change, rng, current, subjects)
                     line = orjson.dumps(ev) + b"\n"
                     changed += 1
             dst.write(line)
@@ -117,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of the benign people-facing keys changed (default 0.3)")
     ap.add_argument("--change", type=fraction, default=1.0,
                     help="temperature: chance per request of a new value; logprobs: share of "
-                         "requests asking for them (default 1)")
+                         "requests asking for them; subject-changes: chance per follow-up turn "
+                         "of a new subject (default 1)")
     ap.add_argument("--seed", type=int, default=5, help="seed of the temperature draws")
     args = ap.parse_args(argv)
     if not args.events.name.endswith(".jsonl"):

@@ -96,3 +96,26 @@ def test_an_unknown_mode_is_refused_before_anything_is_written(sim, tmp_path, be
     with pytest.raises(ValueError, match="unknown mode 'sleepy'"):
         pt.perturb(sim / "seed3.jsonl", tmp_path / "out", share=0.5, change=0.5, mode="sleepy")
     assert not (tmp_path / "out").exists()
+
+
+def test_subject_changes_move_follow_ups_to_a_new_topic_that_later_turns_keep(sim, tmp_path, bench_script):
+    pt = bench_script("perturb_benign")
+    pt.perturb(sim / "seed3.jsonl", tmp_path, share=1.0, change=0.5, mode="subject-changes")
+    keys = set(orjson.loads((tmp_path / "seed3.truth.json").read_bytes())["perturbed_keys"])
+    moved = followups = 0
+    last: dict[tuple, str] = {}  # (key, conversation) -> its latest topic in the copy
+    for a, b in zip(_events(sim / "seed3.jsonl"), _events(tmp_path / "seed3.jsonl"), strict=True):
+        if a["api_key"] not in keys or "conversation_id" not in a or "topic" not in a:
+            assert a == b
+            continue
+        assert {k: v for k, v in a.items() if k != "topic"} == {k: v for k, v in b.items() if k != "topic"}
+        assert b["topic"] in pt.TOPICS
+        conv = (a["api_key"], a["conversation_id"])
+        if a.get("turn", 1) > 1 and conv in last:
+            followups += 1
+            moved += b["topic"] != last[conv]
+        elif a.get("turn", 1) <= 1:
+            assert a == b  # a conversation's first turn keeps its topic
+        last[conv] = b["topic"]
+    # about --change of the follow-ups change the subject (plus the few the simulator changed)
+    assert followups > 50 and 0.35 * followups < moved < 0.75 * followups
