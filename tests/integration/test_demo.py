@@ -15,8 +15,11 @@ from .conftest import REPO, free_port
 pytestmark = pytest.mark.kafka
 
 
-def test_demo_shows_alerts_with_reasons_then_scores_the_whole_run(bootstrap):
-    env = dict(os.environ, MOATWATCH_WEB_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+def test_demo_shows_alerts_with_reasons_then_scores_the_whole_run(bootstrap, tmp_path):
+    # The demo keeps its events, truth and alerts in a fresh temporary folder for the user to
+    # look at; the test's run keeps them under pytest's tmp_path, not one more folder in /tmp.
+    env = dict(os.environ, MOATWATCH_WEB_PORT=str(free_port()), PYTHONUNBUFFERED="1",
+               TMPDIR=str(tmp_path))
     out = subprocess.run(
         [sys.executable, "-m", "streams.cli", "demo", "--hours", "1", "--scale", "0.4", "--show", "3"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
@@ -30,6 +33,7 @@ def test_demo_shows_alerts_with_reasons_then_scores_the_whole_run(bootstrap):
     assert "recall (attack keys)" in out.stdout and "benign false positives" in out.stdout
     assert "targets issue3" not in out.stdout  # a short demo is not held to the 12-hour targets
     saved = out.stderr.split("alert updates (", 1)[1].split(")", 1)[0]
+    assert saved.startswith(str(tmp_path))
     with open(saved, "rb") as fh:
         alerts = [orjson.loads(line) for line in fh]
     episodes = {a["alert_id"] for a in alerts if a["status"] == "firing"}
