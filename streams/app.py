@@ -171,14 +171,16 @@ class Worker:
         Partition count of the input topic (tables and internal topics must match it).
     feedback
         Analyst verdicts shared by the key and campaign detectors.
+    config
+        The per-key detector's :class:`~models.engine.DetectorConfig` (None: the defaults).
     """
 
     def __init__(self, settings: Settings, partitions: int, *, feedback: Any = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, config: Any = None) -> None:
         self.settings = settings
         self.partitions = partitions
         self.metrics = metrics or Metrics()
-        self.detector = Detector(partitions, feedback=feedback)
+        self.detector = Detector(partitions, config=config, feedback=feedback)
         self.campaigns = CampaignRunner(feedback, partitions=partitions)
         # per input partition: wall time (monotonic) of its last processed event, for idle marks
         self._data_seen: dict[int, float] = {}
@@ -798,8 +800,11 @@ class Worker:
             m.consumer_lag.labels(tp.topic, part).set(max(0, hw - done))
 
 
-def create_worker(settings: Settings, *, feedback: Any = None) -> Worker:
-    """Create topics if missing, read the input partition count, build the worker."""
+def create_worker(settings: Settings, *, feedback: Any = None, config: Any = None) -> Worker:
+    """Create topics if missing, read the input partition count, build the worker.
+
+    ``config`` is the per-key detector's :class:`~models.engine.DetectorConfig` (None: the
+    defaults; ``moatwatch worker`` reads MOATWATCH_DETECTOR_CONFIG)."""
     from streams.kafka_io import ensure_topics
 
     counts = ensure_topics(settings, {
@@ -812,4 +817,4 @@ def create_worker(settings: Settings, *, feedback: Any = None) -> Worker:
     # the re-key topic must match the input's partition count (co-partitioned with the tables);
     # creating it up front also spares the "missing topic" warnings at the first subscription
     ensure_topics(settings, {f"{settings.app_id}-events-rekeyed": partitions})
-    return Worker(settings, partitions, feedback=feedback)
+    return Worker(settings, partitions, feedback=feedback, config=config)

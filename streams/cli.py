@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partition count of the live input topic to mirror (per-partition population models)")
     r.add_argument("--feedback", default=None, metavar="FEEDBACK.jsonl",
                    help="analyst feedback to apply (default: MOATWATCH_FEEDBACK_FILE)")
+    r.add_argument("--detector-config", default=None, metavar="CONFIG.json",
+                   help="detector hyperparameters to change, a JSON object of "
+                        "models.engine.DetectorConfig fields (default: MOATWATCH_DETECTOR_CONFIG)")
     r.add_argument("--no-campaigns", action="store_true", help="per-key detection only")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -163,6 +166,25 @@ def _load_feedback(path: str | None) -> Any:
     return book
 
 
+def _detector_config(path: str | None) -> Any:
+    from streams.settings import SettingsError, load_detector_config
+
+    try:
+        config = load_detector_config(path or "")
+    except SettingsError as exc:
+        print(f"moatwatch: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if config is not None:  # say what differs from the defaults, so a run's alerts can be read
+        import dataclasses
+
+        default = type(config)()
+        changed = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(config)
+                   if getattr(config, f.name) != getattr(default, f.name)]
+        print(f"moatwatch: detector settings from {path}: {', '.join(changed) or 'the defaults'}",
+              file=sys.stderr)
+    return config
+
+
 def _parse_until(text: str | None) -> float | None:
     if text is None:
         return None
@@ -223,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "replay":
         from streams.replay import main_replay
 
-        return main_replay(args, feedback=_load_feedback(args.feedback or settings.feedback_file))
+        return main_replay(args, feedback=_load_feedback(args.feedback or settings.feedback_file),
+                           config=_detector_config(args.detector_config or settings.detector_config))
     if cmd == "worker":
         return _run_worker(settings, args)
     if cmd == "produce":
@@ -340,8 +363,9 @@ def _run_worker(settings: Any, args: Any) -> int:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     book = _load_feedback(settings.feedback_file)
+    config = _detector_config(settings.detector_config)
     try:
-        worker = create_worker(settings, feedback=book)
+        worker = create_worker(settings, feedback=book, config=config)
     except KafkaUnavailable as exc:
         print(f"moatwatch worker: error: Kafka refused or unreachable: {exc}", file=sys.stderr)
         return 1

@@ -77,17 +77,19 @@ def replay(
     feedback: Any = None,
     progress: bool | None = None,
     campaigns: bool = True,
+    config: Any = None,
 ) -> ReplaySummary:
     """Replay ``events_path`` through the detector; write alerts and dead letters as JSON lines.
 
     Malformed lines go to ``dlq_path`` (default: ``<out>.dlq.jsonl`` beside ``out_path``) with
-    their reason and line number; nothing stops the replay.
+    their reason and line number; nothing stops the replay. ``config`` is the per-key
+    detector's :class:`~models.engine.DetectorConfig` (None: the defaults).
     """
     if dlq_path is None:
         base = out_path[:-6] if out_path.endswith(".jsonl") else out_path
         dlq_path = base + ".dlq.jsonl"
     src, size = _open_input(events_path)
-    detector = Detector(partitions, feedback=feedback)
+    detector = Detector(partitions, config=config, feedback=feedback)
     runner = CampaignRunner(feedback, partitions=partitions) if campaigns else None
     # with several partitions, snapshots go through the runner's event-time merge, as they do
     # in the worker: each event marks how far its partition has got
@@ -150,10 +152,11 @@ def replay(
     return summary
 
 
-def main_replay(args: Any, feedback: Any = None) -> int:
+def main_replay(args: Any, feedback: Any = None, config: Any = None) -> int:
     try:
         summary = replay(args.events, args.out, dlq_path=args.dlq, partitions=args.partitions,
-                         feedback=feedback, progress=None if not args.no_progress else False)
+                         feedback=feedback, progress=None if not args.no_progress else False,
+                         campaigns=not args.no_campaigns, config=config)
     except ReplayError as exc:
         print(f"moatwatch replay: error: {exc}", file=sys.stderr)
         return 2

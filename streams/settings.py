@@ -13,7 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["KAFKA_LOG", "Settings", "SettingsError", "describe", "load_settings"]
+__all__ = ["KAFKA_LOG", "Settings", "SettingsError", "describe", "load_detector_config",
+           "load_settings"]
 
 #: Where the confluent-kafka clients' (librdkafka's) log lines go.
 KAFKA_LOG = logging.getLogger("moatwatch.kafka")
@@ -80,6 +81,9 @@ _VARS: tuple[_Var, ...] = (
          "Alertmanager base URL for the alert bridge"),
     _Var("MOATWATCH_FEEDBACK_FILE", "feedback_file", "", str,
          "analyst feedback JSONL file read at start (replay and worker)"),
+    _Var("MOATWATCH_DETECTOR_CONFIG", "detector_config", "", str,
+         "JSON file of detector hyperparameters to change, e.g. {\"fabricated_switch_floor\": 1.0} "
+         "(models.engine.DetectorConfig fields; read at start by replay and worker)"),
 )
 
 
@@ -115,6 +119,7 @@ class Settings:
     ssl_keyfile: str
     alertmanager_url: str
     feedback_file: str
+    detector_config: str
 
     def __post_init__(self) -> None:
         if not 1 <= self.web_port <= 65535:
@@ -233,3 +238,79 @@ def describe() -> str:
         default = "(empty)" if v.default == "" else v.default
         lines.append(f"  {v.env:<32} {v.help} [default: {default}]")
     return "\n".join(lines)
+
+
+def load_detector_config(path: str) -> Any:
+    """The detector hyperparameters in the JSON file at ``path``, or None for an empty path.
+
+    The file holds one JSON object whose names are :class:`models.engine.DetectorConfig`
+    fields; the ones it leaves out keep their defaults. It is parsed as JSON only (never
+    unpickled). A missing file, bad JSON, an unknown name (with the closest known one) or a
+    value the detector cannot use raises :class:`SettingsError` saying what to fix.
+
+    Examples
+    --------
+    >>> load_detector_config("") is None
+    True
+    """
+    if not path:
+        return None
+    import difflib
+
+    import orjson
+
+    from models.engine import DetectorConfig
+
+    where = f"detector config {path!r} (MOATWATCH_DETECTOR_CONFIG or --detector-config)"
+    try:
+        with open(path, "rb") as fh:
+            doc = orjson.loads(fh.read())
+    except OSError as exc:
+        raise SettingsError(f"cannot read the {where}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise SettingsError(f"{where} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise SettingsError(f"{where}: expected one JSON object of DetectorConfig fields, "
+                            f'e.g. {{"fabricated_switch_floor": 1.0}}, got {type(doc).__name__}')
+    defaults = DetectorConfig()
+    names = [f.name for f in dataclasses.fields(DetectorConfig)]
+    values: dict[str, Any] = {}
+    for name, value in doc.items():
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise SettingsError(f"{where}: {name!r} is not a detector setting{hint}; "
+                                f"the settings are the fields of models.engine.DetectorConfig")
+        values[name] = _config_value(where, name, value, getattr(defaults, name))
+    try:
+        return DetectorConfig(**values)
+    except ValueError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+
+
+def _config_value(where: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the field's default, or SettingsError."""
+    def bad(kind: str) -> SettingsError:
+        return SettingsError(f"{where}: {name} must be {kind}, got {value!r}")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if not number(value):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, tuple):
+        if not (isinstance(value, list) and len(value) == len(default)
+                and all(number(v) for v in value)):
+            raise bad(f"a list of {len(default)} numbers")
+        return tuple(float(v) for v in value)
+    raise bad(f"like {default!r}")  # pragma: no cover - every field is one of the above

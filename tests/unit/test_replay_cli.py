@@ -112,3 +112,55 @@ def test_an_event_the_detector_fails_on_is_dead_lettered_not_fatal(tmp_path, mon
     dead = [orjson.loads(x) for x in (tmp_path / "a.dlq.jsonl").read_bytes().splitlines()]
     assert dead[0]["reason"] == "processing_error" and "boom" in dead[0]["detail"]
     assert dead[0]["source"]["line"] == 8
+
+
+def _entity_types(path) -> set[str]:
+    return {orjson.loads(x)["entity_type"] for x in path.read_bytes().splitlines()}
+
+
+def test_replay_takes_detector_settings_from_a_file_and_can_leave_campaigns_out(tmp_path,
+                                                                                monkeypatch):
+    src = tmp_path / "events.jsonl"
+    src.write_bytes(b"\n".join(_events()) + b"\n")
+    base = tmp_path / "base.jsonl"
+    assert main(["replay", str(src), "--out", str(base), "--no-progress"]) == 0
+    assert _entity_types(base) == {"api_key", "template"}
+
+    # a warm-up longer than the file: no key can fire; campaigns are not the per-key detector's
+    cfg = tmp_path / "detector.json"
+    cfg.write_bytes(b'{"warmup_events": 100000}')
+    late = tmp_path / "late.jsonl"
+    assert main(["replay", str(src), "--out", str(late), "--no-progress",
+                 "--detector-config", str(cfg)]) == 0
+    assert _entity_types(late) == {"template"}
+    # the same file named by the environment, as the worker reads it
+    monkeypatch.setenv("MOATWATCH_DETECTOR_CONFIG", str(cfg))
+    env = tmp_path / "env.jsonl"
+    assert main(["replay", str(src), "--out", str(env), "--no-progress"]) == 0
+    assert env.read_bytes().count(b"\n") == late.read_bytes().count(b"\n")
+    monkeypatch.delenv("MOATWATCH_DETECTOR_CONFIG")
+
+    keys_only = tmp_path / "keys.jsonl"
+    assert main(["replay", str(src), "--out", str(keys_only), "--no-progress",
+                 "--no-campaigns"]) == 0
+    assert _entity_types(keys_only) == {"api_key"}
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('{"fabricated_switch_flor": 1.0}', "did you mean 'fabricated_switch_floor'"),
+    ('{"fabricated_switch_floor": 2}', "fabricated_switch_floor must be in [0, 1]"),
+    ('{"warmup_events": "3"}', "warmup_events must be an integer"),
+    ("[]", "expected one JSON object"),
+    ("{oops", "is not JSON"),
+])
+def test_a_bad_detector_config_says_what_to_fix(tmp_path, text, needle):
+    cfg = tmp_path / "detector.json"
+    cfg.write_text(text)
+    src = tmp_path / "events.jsonl"
+    src.write_bytes(b"\n".join(_events(20)) + b"\n")
+    out = subprocess.run([sys.executable, "-m", "streams.cli", "replay", str(src), "--out",
+                          str(tmp_path / "a.jsonl"), "--detector-config", str(cfg)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert needle in out.stderr and str(cfg) in out.stderr
+    assert not (tmp_path / "a.jsonl").exists()  # nothing ran

@@ -75,3 +75,24 @@ def test_librdkafka_log_lines_reach_the_moatwatch_kafka_logger():
     assert records, "no librdkafka log line reached moatwatch.kafka"
     assert records[0].name == "moatwatch.kafka"
     assert f"127.0.0.1:{port}" in records[0].getMessage()
+
+
+def test_detector_config_file_sets_only_what_it_names(tmp_path):
+    from models.engine import DetectorConfig
+    from streams.settings import load_detector_config
+
+    assert load_detector_config("") is None
+    f = tmp_path / "d.json"
+    f.write_bytes(b'{"fabricated_switch_floor": 1, "score_mix": [0.5, 0.3, 0.2], "confirm_evals": 2}')
+    cfg = load_detector_config(str(f))
+    want = DetectorConfig(fabricated_switch_floor=1.0, score_mix=(0.5, 0.3, 0.2), confirm_evals=2)
+    assert cfg == want and cfg.warmup_events == DetectorConfig().warmup_events
+    assert isinstance(cfg.fabricated_switch_floor, float)
+    with pytest.raises(SettingsError, match="cannot read the detector config .*No such file"):
+        load_detector_config(str(tmp_path / "missing.json"))
+    f.write_bytes(b'{"score_mix": [1, 2]}')
+    with pytest.raises(SettingsError, match="score_mix must be a list of 3 numbers"):
+        load_detector_config(str(f))
+    f.write_bytes(b'{"pickle_ok": true}')  # no close name: no guess
+    with pytest.raises(SettingsError, match="'pickle_ok' is not a detector setting;"):
+        load_detector_config(str(f))
