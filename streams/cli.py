@@ -16,7 +16,14 @@ __all__ = ["main", "build_parser"]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # no "(default: ...)" where it says nothing: a help that names its default already
+        # ("default: MOATWATCH_..."), a required option, an on/off flag, no default at all
+        if (action.help and "default:" in action.help or action.required
+                or action.default is None
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _number(kind: type, minimum: float, *, inclusive: bool) -> Any:
@@ -91,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = add("simulate", "generate labelled QueryEvent v1 traffic with injected distillation attacks")
     sm.add_argument("--hours", type=_positive_float, default=12.0)
-    sm.add_argument("--seed", type=int, default=1)
+    sm.add_argument("--seed", type=int, default=1, help="simulation seed (the same seed, the same traffic)")
     sm.add_argument("--out", required=True, metavar="EVENTS.jsonl")
     sm.add_argument("--truth", required=True, metavar="TRUTH.json")
     sm.add_argument("--scale", type=_positive_float, default=1.0, help="scale keys and volume")
@@ -121,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = add("demo", "start the local Kafka and a worker, send simulated traffic, show alerts live, score them")
     d.add_argument("--hours", type=_positive_float, default=2.0, help="simulated hours to send")
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--scale", type=_positive_float, default=0.5)
+    d.add_argument("--seed", type=int, default=7, help="simulation seed")
+    d.add_argument("--scale", type=_positive_float, default=0.5, help="scale keys and volume")
     d.add_argument("--rate", type=_nonneg_float, default=0.0, help="events/s to send (0 = fast)")
     d.add_argument("--show", type=_positive_int, default=25, help="alerts to show as they arrive")
     d.add_argument("--no-score", dest="score", action="store_false",

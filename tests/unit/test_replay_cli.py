@@ -164,3 +164,17 @@ def test_a_bad_detector_config_says_what_to_fix(tmp_path, text, needle):
     assert out.returncode == 2
     assert needle in out.stderr and str(cfg) in out.stderr
     assert not (tmp_path / "a.jsonl").exists()  # nothing ran
+
+
+def test_help_shows_defaults_that_say_something():
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        assert "(default: True)" not in text, name
+    replay_help = sub.choices["replay"].format_help()
+    assert "(default: 1)" in replay_help  # --partitions keeps its default
+    assert replay_help.count("MOATWATCH_DETECTOR_CONFIG)") == 1
