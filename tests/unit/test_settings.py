@@ -96,3 +96,19 @@ def test_detector_config_file_sets_only_what_it_names(tmp_path):
     f.write_bytes(b'{"pickle_ok": true}')  # no close name: no guess
     with pytest.raises(SettingsError, match="'pickle_ok' is not a detector setting;"):
         load_detector_config(str(f))
+
+
+def test_the_worker_builds_its_cores_with_the_detector_settings(tmp_path):
+    """What MOATWATCH_DETECTOR_CONFIG gives `moatwatch worker` reaches every partition's core."""
+    from models.engine import DetectorConfig
+    from streams.app import Worker
+    from streams.settings import load_detector_config
+
+    f = tmp_path / "d.json"
+    f.write_bytes(b'{"fabricated_switch_floor": 1.0}')
+    settings = load_settings({"MOATWATCH_DATA_DIR": str(tmp_path / "data"),
+                              "MOATWATCH_DETECTOR_CONFIG": str(f)})
+    w = Worker(settings, 2, config=load_detector_config(settings.detector_config))
+    assert [w.detector.core(p).config.fabricated_switch_floor for p in (0, 1)] == [1.0, 1.0]
+    plain = Worker(load_settings({"MOATWATCH_DATA_DIR": str(tmp_path / "data2")}), 1)
+    assert plain.detector.core(0).config == DetectorConfig()
