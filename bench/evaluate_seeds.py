@@ -43,7 +43,7 @@ for _p in (ROOT, ROOT / "bench"):  # the package root, and perturb_benign beside
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from perturb_benign import MODES, fraction  # noqa: E402
+from perturb_benign import CHANGE_HELP, MODES, fraction  # noqa: E402
 from perturb_benign import perturb as perturb_copy  # noqa: E402
 
 
@@ -173,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--perturb-share", type=fraction, default=0.3,
                     help="with --perturb: share of those keys changed (default 0.3)")
     ap.add_argument("--perturb-change", type=fraction, default=1.0,
-                    help="with --perturb: temperature: chance per request of a new value; logprobs: "
-                         "share of requests asking for them; subject-changes: chance per follow-up "
-                         "turn of a new subject (default 1)")
+                    help=f"with --perturb: {CHANGE_HELP}")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")

@@ -51,6 +51,10 @@ SLIDER = (0.0, 0.2, 0.5, 0.7, 0.8, 1.0, 1.2)
 MODES = ("temperature", "whole-answers", "logprobs", "subject-changes")
 #: the topics a QueryEvent can carry (schemas/query_event.v1.json)
 TOPICS = ("chat", "writing", "code", "math", "science", "reasoning", "other")
+#: what --change means per mode (evaluate_seeds' --perturb-change says the same)
+CHANGE_HELP = ("temperature: chance per request of a new value; logprobs: share of requests "
+               "asking for them; subject-changes: chance per follow-up turn of a new subject "
+               "(default 1)")
 
 
 def chosen_keys(truth: dict, share: float) -> list[str]:
@@ -137,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="folder for the copy and its truth")
     ap.add_argument("--share", type=fraction, default=0.3,
                     help="share of the benign people-facing keys changed (default 0.3)")
-    ap.add_argument("--change", type=fraction, default=1.0,
-                    help="temperature: chance per request of a new value; logprobs: share of "
-                         "requests asking for them; subject-changes: chance per follow-up turn "
-                         "of a new subject (default 1)")
+    ap.add_argument("--change", type=fraction, default=1.0, help=CHANGE_HELP)
     ap.add_argument("--seed", type=int, default=5, help="seed of the temperature draws")
     args = ap.parse_args(argv)
     if not args.events.name.endswith(".jsonl"):
