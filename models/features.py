@@ -254,6 +254,8 @@ def apply_event(
     # logprobs / n default to off in the API, so an absent field is a "no", not unknown.
     samp = (nsamp is not None and nsamp > 1) or bool(ev.get("logprobs")) or bool(ev.get("top_logprobs"))
     status = ev["status"]
+    topic = ev.get("topic")
+    ti = _TOPIC_INDEX.get(topic)  # None: no topic sent, or one this build does not know
     answer = 0  # one answer's tokens (0 when the request was not answered)
     if 200 <= status < 300:
         # Token sizes only from answered requests: a 429 or 5xx has no completion, and a
@@ -287,7 +289,6 @@ def apply_event(
         # or writing app's long answers come one at a time). No turn condition: a real follow-up
         # carries its history in the prompt (small ratio), a fake follow-up (turn 2 on a fresh
         # short prompt) does not.
-        topic = ev.get("topic")
         harvest = lr >= _LONG_ANSWER and (topic is None or topic in _CAP_TOPIC_SET or samp)
         _cusum(f, F_HCP, harvest, f[F_HARV_S], f[F_HARV_W])
         f[F_HARV_W] = f[F_HARV_W] * d + 1.0
@@ -304,14 +305,11 @@ def apply_event(
         f[F_CFAST_W] = f[F_CFAST_W] * df + 1.0
         f[F_CFAST_S] = f[F_CFAST_S] * df + (1.0 if v else 0.0)
 
-    v = ev.get("topic")
-    if v is not None:
-        ti = _TOPIC_INDEX.get(v)
-        if ti is not None:
-            f[F_TOP_W] = f[F_TOP_W] * d + 1.0
-            for i in range(F_TOP0, F_TOP0 + 7):
-                f[i] *= d
-            f[F_TOP0 + ti] += 1.0
+    if ti is not None:
+        f[F_TOP_W] = f[F_TOP_W] * d + 1.0
+        for i in range(F_TOP0, F_TOP0 + 7):
+            f[i] *= d
+        f[F_TOP0 + ti] += 1.0
 
     v = ev.get("stream")
     if v is not None:
@@ -320,8 +318,7 @@ def apply_event(
 
     v = ev.get("turn")
     conv = ev.get("conversation_id")
-    topic = ev.get("topic")
-    tcode = _TOPIC_INDEX.get(topic, -1) + 1 if topic is not None else 0
+    tcode = ti + 1 if ti is not None else 0
     if conv is not None and _cold_followup(f, conv, v, ev["prompt_tokens"], answer, d, tcode):
         # A follow-up that does not carry its conversation is a one-shot request dressed as a
         # conversation turn: it counts as single-turn.
