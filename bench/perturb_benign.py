@@ -44,13 +44,17 @@ from pathlib import Path
 
 import orjson
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from models.features import TOPICS  # noqa: E402  (the QueryEvent topics, schema order)
+
 #: benign personas with people (or a product passing on people's settings) behind the key
 PEOPLE_FACING = ("light_user", "light_user_cgnat", "reseller_user", "chat_app", "reasoning_app")
 #: a playground slider's usual stops
 SLIDER = (0.0, 0.2, 0.5, 0.7, 0.8, 1.0, 1.2)
 MODES = ("temperature", "whole-answers", "logprobs", "subject-changes")
-#: the topics a QueryEvent can carry (schemas/query_event.v1.json)
-TOPICS = ("chat", "writing", "code", "math", "science", "reasoning", "other")
 #: what --change means per mode (evaluate_seeds' --perturb-change says the same)
 CHANGE_HELP = ("temperature: chance per request of a new value; logprobs: share of requests "
                "asking for them; subject-changes: chance per follow-up turn of a new subject "
