@@ -82,7 +82,7 @@ from models.population import PopulationModel
 
 __all__ = ["MODEL_VERSION", "DetectionCore", "DetectorConfig"]
 
-MODEL_VERSION = "key-0.25"
+MODEL_VERSION = "key-0.26"
 
 _SHARED_MAGIC = b"MWS1"
 _DET_SCRAPE, _DET_POP, _DET_DRIFT = 0, 1, 2
@@ -212,6 +212,16 @@ class DetectorConfig:
         the key a false positive). A drifter that still sends much of its old traffic goes
         0.03 -> 0.2: far under the population's line, but a change the key's own baseline is
         there to see.
+    sustain_evals, sustain_seconds, sustain_ratio, sustain_rise, sustain_floor
+        A change that holds is an alert of its own too (``key_drift``, key-0.26). After an
+        upward Page-Hinkley trip, its running mean is the mean of the key's scores since. Once
+        that mean has held over ``sustain_evals`` evaluations and ``sustain_seconds`` of event
+        time, and is at least ``sustain_ratio`` times where the key stood before the trip, at
+        least ``sustain_rise`` above it (plus the content-only margin, as the change path asks)
+        and at least ``sustain_floor``, an episode opens, once per trip. A drifter that keeps
+        most of its old traffic doubles its score (0.08 -> 0.16) and stays there, under the
+        change path's rise; a benign score that wandered up to trip Page-Hinkley falls back
+        toward where it stood. ``sustain_evals`` 0 = off.
     resolve_margin, resolve_after, quiet_timeout
         An episode resolves when the score stays below ``threshold - resolve_margin`` for
         ``resolve_after`` seconds, or the key is silent for ``quiet_timeout`` seconds.
@@ -290,6 +300,11 @@ class DetectorConfig:
     change_floor: float = 0.15
     change_evals: int = 3
     change_min_evals: int = 20
+    sustain_evals: int = 40
+    sustain_seconds: float = 1200.0
+    sustain_ratio: float = 2.0
+    sustain_rise: float = 0.05
+    sustain_floor: float = 0.1
     resolve_margin: float = 0.1
     resolve_after: float = 900.0
     quiet_timeout: float = 1800.0
@@ -320,7 +335,7 @@ class DetectorConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1 or (name == "dup_bits" and v == 0),
                  f"{name} must be a positive integer, got {v!r}")
         for name in ("eval_every_seconds", "warmup_seconds", "drift_memory", "resolve_after",
-                     "quiet_timeout", "idle_ttl", "snapshot_every_seconds"):
+                     "quiet_timeout", "idle_ttl", "snapshot_every_seconds", "sustain_seconds"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
                  f"{name} must be a finite number of seconds >= 0, got {v!r}")
@@ -371,6 +386,13 @@ class DetectorConfig:
              f"prior_weight must be in [0, 1000], got {self.prior_weight}")
         need(0.0 <= self.prior_relief <= 1.0, f"prior_relief must be in [0, 1], got {self.prior_relief}")
         need(0.0 <= self.change_floor <= 1.0, f"change_floor must be in [0, 1], got {self.change_floor}")
+        need(isinstance(self.sustain_evals, int) and not isinstance(self.sustain_evals, bool)
+             and self.sustain_evals >= 0,
+             f"sustain_evals must be an integer >= 0 (0 = off), got {self.sustain_evals!r}")
+        need(1.0 <= self.sustain_ratio <= 100.0, f"sustain_ratio must be in [1, 100], got {self.sustain_ratio}")
+        for name in ("sustain_rise", "sustain_floor"):
+            v = getattr(self, name)
+            need(0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
         for name in ("threshold_margin", "drift_bonus", "drift_min_rise", "fast_open_margin", "resolve_margin", "fp_penalty", "ph_delta"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name} must be in [0, 1), got {v}")
@@ -581,7 +603,8 @@ class DetectionCore:
                                   cfg.collect_weight, cfg.template_weight)
             above = score >= bar
             clear = score >= bar + cfg.fast_open_margin  # clear evidence needs no confirmation
-            changed = f[F.F_CHANGE] >= cfg.change_evals
+            held = None if f[F.F_CHANGE] >= cfg.change_evals else self._sustained(ks, ts, vec)
+            changed = f[F.F_CHANGE] >= cfg.change_evals or held is not None
             if (above and (f[F.F_ABOVE] >= cfg.confirm_evals or clear or verdict == "confirmed")
                     or changed):
                 if changed or drifted and f[F.F_BASE] < thr - cfg.resolve_margin:
@@ -592,7 +615,7 @@ class DetectionCore:
                     det = _DET_SCRAPE
                 ks.ep_det = det
                 alert = self.policy.open_or_update(
-                    ks, k, score, thr, ts, det, self._reasons(ks, vec, contrib, det), min_sev
+                    ks, k, score, thr, ts, det, self._reasons(ks, vec, contrib, det, held), min_sev
                 )
                 ks.ep_events = ks.events
                 if alert is not None:
@@ -615,6 +638,33 @@ class DetectionCore:
                 f[F.F_BELOW_SINCE] = ts
             elif ts - f[F.F_BELOW_SINCE] >= cfg.resolve_after and verdict != "confirmed":
                 out.append(self._resolve(k, ks, ts, vec, contrib))
+
+    def _sustained(self, ks: KeyState, ts: float, vec: list[float]) -> tuple[float, float] | None:
+        """The key's score has stood at a new level since Page-Hinkley's last upward trip.
+
+        After the trip, Page-Hinkley's running mean is the mean of the key's scores since. Once
+        it holds over ``sustain_evals`` evaluations and ``sustain_seconds``, at least
+        ``sustain_ratio`` times where the key stood before (``F_CHANGE_REF``), at least
+        ``sustain_rise`` above it (plus the content-only margin, as the change path asks) and
+        at least ``sustain_floor``, the change is an alert of its own (once per trip). A drifter
+        that keeps most of its old traffic doubles its score and stays there; a benign key whose
+        score wandered up to trip Page-Hinkley falls back toward where it stood.
+        Returns ``(level, where the key stood)`` when it fires, else None.
+        """
+        cfg = self.config
+        f = ks.f
+        ref = f[F.F_CHANGE_REF]
+        if (cfg.sustain_evals == 0 or f[F.F_DRIFT_TS] <= 0.0 or ref >= 1.0 or f[F.F_FP_FLOOR] != 0.0
+                or f[F.F_PH_N] < cfg.sustain_evals or ts - f[F.F_DRIFT_TS] < cfg.sustain_seconds):
+            return None
+        level = f[F.F_PH_MEAN]
+        if (level < cfg.sustain_floor or level < cfg.sustain_ratio * ref
+                or level - ref < cfg.sustain_rise + opening_bar(0.0, vec, cfg.content_only_margin,
+                                                                 cfg.population_support, cfg.collect_weight,
+                                                                 cfg.template_weight)):
+            return None
+        f[F.F_CHANGE_REF] = 1.0  # one alert per change
+        return level, ref
 
     def _direction(self, ks: KeyState) -> tuple[list[float], float, list[float]]:
         """The key's direction vector, its direction score and the score's contributions."""
@@ -660,7 +710,7 @@ class DetectionCore:
             thr -= cfg.drift_bonus
         return min(max(thr, f[F.F_FP_FLOOR]), 0.99)
 
-    def _reasons(self, ks, vec, contrib, det) -> list[tuple[str, float, float, float]]:
+    def _reasons(self, ks, vec, contrib, det, held=None) -> list[tuple[str, float, float, float]]:
         """The (up to four) largest contributions, each as ``(feature, observed, population,
         contribution)``. A feature the key shares with the population (a non-streaming share of
         0.68 where keys average 0.67) explains nothing to a reader, although it adds to the score:
@@ -693,7 +743,10 @@ class DetectionCore:
         if m > 1.0 and fab >= 0.1:
             out.append(("fabricated_followups", fab, 0.0, 1.0 - 1.0 / m))
         if det == _DET_DRIFT:
-            out.append(("drift_score", ks.f[F.F_SCORE], ks.f[F.F_BASE], 0.0))
+            if held is not None:  # a level that held since the change (key-0.26)
+                out.append(("drift_level", held[0], held[1], 0.0))
+            else:
+                out.append(("drift_score", ks.f[F.F_SCORE], ks.f[F.F_BASE], 0.0))
         return out
 
     def _resolve(self, k, ks, ts, vec=None, contrib=None) -> dict:

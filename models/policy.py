@@ -405,6 +405,7 @@ _EXPLAIN = {
     "rate": "{o:.0f} events/hour vs population typical {b:.0f}",
     "non_streaming_share": "non-streaming share {o:.2f} vs population {b:.2f}",
     "drift_score": "score rose to {o:.2f} from the key's own baseline {b:.2f}",
+    "drift_level": "score has averaged {o:.2f} since it changed, against {b:.2f} before",
     "fabricated_followups": "share of follow-up turns that drop their conversation's history "
                             "or change its subject {o:.2f} (fake follow-ups: a real one "
                             "resends it and mostly stays on it)",

@@ -36,7 +36,7 @@ EXAMPLE_ALERT = """```json
  "window": {"first_ts": 1767573232.7, "last_ts": 1767574693.5, "events": 77},
  "reasons": [{"feature": "cot_share", "observed": 0.66, "baseline": 0.08, "contribution": 0.31,
               "explanation": "cot_request share 0.66 vs population 0.08"}],
- "detector": "key_population", "model_version": "key-0.25",
+ "detector": "key_population", "model_version": "key-0.26",
  "related_entities": [], "related_total": 0}
 ```
 """

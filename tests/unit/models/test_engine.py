@@ -1132,6 +1132,50 @@ def test_a_change_in_content_alone_must_be_larger_by_the_margin():
                                          sampling_share=0.5))
 
 
+def test_a_score_that_doubles_and_stays_there_fires_key_drift_once():
+    """A drifter that keeps most of its old traffic doubles its score and stays under the
+    change path's rise (key-0.26): the mean since Page-Hinkley's trip, held over
+    ``sustain_evals`` evaluations and ``sustain_seconds``, is the change."""
+    def firing(script, n, **kw):
+        kw.setdefault("content_only_margin", 0.0)  # the margin has its own case below
+        return [a for a in run(_ScriptedCore(script, **kw), _steady_key(n)) if a["status"] == "firing"]
+
+    def doubled(evals):
+        return 0.05 if evals <= 40 else 0.14  # a rise of 0.09: under the change path's 0.1
+
+    assert not firing(doubled, 80)  # the level has not stood long enough yet
+    out = firing(doubled, 300)
+    assert len(out) == 1 and out[0]["detector"] == "key_drift", out  # one alert per change
+    # Page-Hinkley trips some evaluations after the rise; then 40 evaluations (31 s apart) and
+    # 20 minutes of them
+    assert 41 + 40 <= out[0]["window"]["events"] <= 41 + 40 + 20, out[0]["window"]
+    level = [r for r in out[0]["reasons"] if r["feature"] == "drift_level"]
+    assert level and 0.13 <= level[0]["observed"] <= 0.14 and 0.05 <= level[0]["baseline"] < 0.07, level
+    assert "since it changed" in level[0]["explanation"]
+    assert not firing(doubled, 300, sustain_evals=0)  # switched off
+    # each condition on its own: x1.5 is not a doubling, 0.09 is under the floor, and a rise
+    # that falls back leaves a mean near where the key stood (each fires with the bar moved)
+    ratio = (lambda e: 0.12 if e <= 40 else 0.20)
+    assert not firing(ratio, 300) and firing(ratio, 300, sustain_ratio=1.4)
+    floor = (lambda e: 0.02 if e <= 40 else 0.09)
+    assert not firing(floor, 300) and firing(floor, 300, sustain_floor=0.08)
+    back = (lambda e: 0.14 if 40 < e <= 52 else 0.05)
+    assert not firing(back, 300) and firing(back, 300, sustain_evals=5, sustain_seconds=0.0)
+    # a key whose only evidence is content must rise by the content-only margin too (key-0.23)
+    assert not firing(doubled, 300, content_only_margin=0.04)
+    # an analyst's false_positive verdict raises the bar for this reading too
+    core = _ScriptedCore(doubled, content_only_margin=0.0)
+    core.feedback = FakeFeedback({"k": ("false_positive", 0.0)})
+    assert not [a for a in run(core, _steady_key(300)) if a["status"] == "firing"]
+
+
+def test_sustained_change_config_is_validated():
+    for bad in ({"sustain_evals": -1}, {"sustain_evals": 2.5}, {"sustain_ratio": 0.5},
+                {"sustain_rise": 1.5}, {"sustain_floor": -0.1}, {"sustain_seconds": float("inf")}):
+        with pytest.raises(ValueError, match="sustain_"):
+            DetectorConfig(**bad)
+
+
 def test_content_alone_must_clear_the_line_by_a_margin(monkeypatch):
     """A reasoning product's users ask what a harvester asks (capability topics, CoT, long
     answers): a key whose only evidence is content opens an episode only ``content_only_margin``
