@@ -589,9 +589,7 @@ class DetectionCore:
         # A change in content alone must be larger by the content-only margin (key-0.23): a
         # reasoning product's questions wander with its users, as a drifter's would.
         if (drifted and s_dir >= cfg.change_floor and f[F.F_FP_FLOOR] == 0.0
-                and s_dir - f[F.F_CHANGE_REF] >= cfg.drift_min_rise
-                + opening_bar(0.0, vec, cfg.content_only_margin, cfg.population_support,
-                              cfg.collect_weight, cfg.template_weight)):
+                and s_dir - f[F.F_CHANGE_REF] >= cfg.drift_min_rise + self._content_margin(vec)):
             f[F.F_CHANGE] += 1.0
         else:
             f[F.F_CHANGE] = 0.0
@@ -639,6 +637,12 @@ class DetectionCore:
             elif ts - f[F.F_BELOW_SINCE] >= cfg.resolve_after and verdict != "confirmed":
                 out.append(self._resolve(k, ks, ts, vec, contrib))
 
+    def _content_margin(self, vec: list[float]) -> float:
+        """What a change must rise beyond its own bar when its only evidence is content (key-0.23)."""
+        cfg = self.config
+        return opening_bar(0.0, vec, cfg.content_only_margin, cfg.population_support,
+                           cfg.collect_weight, cfg.template_weight)
+
     def _sustained(self, ks: KeyState, ts: float, vec: list[float]) -> tuple[float, float] | None:
         """The key's score has stood at a new level since Page-Hinkley's last upward trip.
 
@@ -659,9 +663,7 @@ class DetectionCore:
             return None
         level = f[F.F_PH_MEAN]
         if (level < cfg.sustain_floor or level < cfg.sustain_ratio * ref
-                or level - ref < cfg.sustain_rise + opening_bar(0.0, vec, cfg.content_only_margin,
-                                                                 cfg.population_support, cfg.collect_weight,
-                                                                 cfg.template_weight)):
+                or level - ref < cfg.sustain_rise + self._content_margin(vec)):
             return None
         f[F.F_CHANGE_REF] = 1.0  # one alert per change
         return level, ref
